@@ -1,0 +1,144 @@
+"""Model configuration: plain dataclasses, registered in Hydra's ConfigStore.
+
+A model is `num_layers` pre-norm blocks. Each block has a token mixer and a feed-forward, picked
+by name from the `mixers` and `ffns` tables through the per-layer patterns `layer_mixers` and
+`layer_ffns` (cycled to `num_layers`; a list of length `num_layers` names every layer). A mixer or
+feed-forward config has a `kind` (a name in train/model/registry.py) plus an optional sub-config
+per kind, because OmegaConf has no Union types: later kinds (MLA, Mamba2, MoE, ...) add their own
+Optional sub-dataclass next to `attention` / fields next to `hidden_dim`.
+
+The YAML presets in configs/model/ are the one source of truth for sizes; `load_preset` composes
+them with Hydra so `build_model("llama3_tiny")` and `python -m train.inspect model=llama3_tiny`
+read the same files.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class YarnConfig:
+    """YaRN context extension (Peng et al. 2023, arXiv 2309.00071); field names follow the paper."""
+
+    factor: float = 1.0  # s: new context / original context
+    original_context: int = 4096  # L: the pre-training context length
+    beta_fast: float = 32.0  # alpha/beta of the ramp, in rotations over L
+    beta_slow: float = 1.0
+    mscale: Optional[float] = None  # DeepSeek-style attention factor: mscale(s, mscale) / mscale(s, mscale_all_dim)
+    mscale_all_dim: Optional[float] = None
+    attention_factor: Optional[float] = None  # explicit sqrt(1/t); default 0.1 ln(s) + 1
+    truncate: bool = True  # round the ramp bounds to whole dimensions, as the reference code does
+
+
+@dataclass
+class PositionConfig:
+    kind: str = "rope"  # none | sinusoidal | learned | rope | yarn
+    theta: float = 10000.0  # rope/yarn base
+    rotary_fraction: float = 1.0  # partial rotary: rotate only the first fraction of each head's dims
+    interleaved: bool = False  # rotate pairs (0,1),(2,3)... (GPT-J/RoFormer) instead of halves (GPT-NeoX/HF)
+    yarn: YarnConfig = field(default_factory=YarnConfig)  # used when kind == yarn
+
+
+@dataclass
+class NormConfig:
+    kind: str = "rmsnorm"  # rmsnorm | layernorm
+    eps: float = 1e-5
+    bias: bool = False  # layernorm only
+
+
+@dataclass
+class AttentionConfig:
+    num_heads: int = 8
+    num_kv_heads: Optional[int] = None  # None = num_heads (MHA); 1 = MQA; in between = GQA
+    head_dim: Optional[int] = None  # None = dim // num_heads
+    qk_norm: bool = False  # per-head norm of q and k before rope (Qwen3)
+    qkv_bias: bool = False
+    out_bias: bool = False
+    window: Optional[int] = None  # sliding window: a query sees itself and the window-1 tokens before it
+    sinks: bool = False  # learned per-head sink logit in the softmax denominator (GPT-OSS)
+
+
+@dataclass
+class MixerConfig:
+    kind: str = "softmax_attention"
+    attention: Optional[AttentionConfig] = None  # kind == softmax_attention
+
+
+@dataclass
+class FFNConfig:
+    kind: str = "glu"  # mlp | glu
+    hidden_dim: int = 1024
+    activation: str = "silu"  # glu+silu = SwiGLU, glu+gelu = GEGLU, glu+relu = ReGLU, glu+sigmoid = GLU
+    bias: bool = False
+
+
+@dataclass
+class ModelConfig:
+    family: str = "custom"  # gpt2 | llama3 | qwen3 | custom: which Hugging Face adapter exports it
+    vocab_size: int = 8192
+    dim: int = 512
+    num_layers: int = 8
+    max_seq_len: int = 2048  # size of a learned position table; max_position_embeddings on export
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    norm: NormConfig = field(default_factory=NormConfig)
+    position: PositionConfig = field(default_factory=PositionConfig)
+    mixers: Dict[str, MixerConfig] = field(default_factory=dict)
+    ffns: Dict[str, FFNConfig] = field(default_factory=dict)
+    layer_mixers: List[str] = field(default_factory=list)
+    layer_ffns: List[str] = field(default_factory=list)
+
+    def layer_mixer(self, layer: int) -> MixerConfig:
+        return self.mixers[self.layer_mixers[layer % len(self.layer_mixers)]]
+
+    def layer_ffn(self, layer: int) -> FFNConfig:
+        return self.ffns[self.layer_ffns[layer % len(self.layer_ffns)]]
+
+
+@dataclass
+class _PresetRoot:
+    """Primary config used by load_preset: just a typed `model` node."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+ConfigStore.instance().store(name="_model_preset_root", node=_PresetRoot)
+
+
+def load_preset(name: str) -> ModelConfig:
+    """Compose configs/model/<name>.yaml (with its Hydra defaults) into a typed ModelConfig."""
+    available = sorted(p.stem for p in (CONFIGS_DIR / "model").glob("*.yaml"))
+    if name not in available:
+        raise ValueError(f"unknown model preset {name!r}: no configs/model/{name}.yaml; available: {available}")
+    overrides = [f"+model={name}"]
+    if GlobalHydra.instance().is_initialized():  # inside a @hydra.main app, whose search path is configs/
+        cfg = compose(config_name="_model_preset_root", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base=None):
+            cfg = compose(config_name="_model_preset_root", overrides=overrides)
+    return to_model_config(cfg.model)
+
+
+def to_model_config(cfg) -> ModelConfig:
+    """Validate a dict/DictConfig against the schema and return the ModelConfig object."""
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg)
+    return OmegaConf.to_object(merged)
+
+
+def apply_overrides(config: ModelConfig, overrides: dict) -> ModelConfig:
+    """Set dotted keys, e.g. {"mixers.full.attention.num_kv_heads": 1}; an unknown key raises.
+    Values may be whole sections ({"mixers.sliding": {...}}); lists replace lists."""
+    cfg = OmegaConf.structured(config)  # dataclass nodes reject unknown keys; dict tables accept new names
+    for key, value in overrides.items():
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        cfg = OmegaConf.merge(cfg, value)
+    return OmegaConf.to_object(cfg)

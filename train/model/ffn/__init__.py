@@ -1,0 +1,3 @@
+"""Feed-forward blocks. Importing this package registers every kind (one line per kind)."""
+
+from train.model.ffn import glu, mlp  # noqa: F401  registers "glu", "mlp"

@@ -1,0 +1,103 @@
+"""Softmax attention (Vaswani et al. 2017) with G key/value heads shared by groups of query heads:
+G = H is multi-head (MHA), G = 1 multi-query (MQA, Shazeer 2019), 1 < G < H grouped-query
+(GQA, Ainslie et al. 2023). Options: QK-norm (Qwen3), projection biases (GPT-2, Qwen2), a
+sliding window (Mistral, Gemma), learned attention sinks (GPT-OSS), document masking for packed
+sequences. Runs on F.scaled_dot_product_attention; an explicit boolean mask is built only when
+documents, a window, sinks or a cache need one, so plain causal training keeps the fused kernels.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.model.config import MixerConfig, ModelConfig
+from train.model.kv_cache import KVCache
+from train.model.norm import build_norm
+from train.model.position import ROTARY_KINDS
+from train.model.position.rope import Rotary
+from train.model.registry import register_mixer
+
+
+@register_mixer("softmax_attention")
+class SoftmaxAttention(nn.Module):
+    def __init__(self, config: MixerConfig, model: ModelConfig, layer_idx: int):
+        super().__init__()
+        attn = config.attention
+        if attn is None:
+            raise ValueError("a mixer with kind softmax_attention needs an `attention:` section")
+        self.layer_idx = layer_idx
+        self.num_heads = attn.num_heads
+        self.num_kv_heads = attn.num_kv_heads or attn.num_heads
+        self.head_dim = attn.head_dim or model.dim // attn.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"attention.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        self.window = attn.window
+        H, G, K, D = self.num_heads, self.num_kv_heads, self.head_dim, model.dim
+        self.q_proj = nn.Linear(D, H * K, bias=attn.qkv_bias)
+        self.k_proj = nn.Linear(D, G * K, bias=attn.qkv_bias)
+        self.v_proj = nn.Linear(D, G * K, bias=attn.qkv_bias)
+        self.o_proj = nn.Linear(H * K, D, bias=attn.out_bias)
+        # Qwen3 normalises each head of q and k (over head_dim, before rope) to bound the logits
+        self.q_norm = build_norm(model.norm, K) if attn.qk_norm else None
+        self.k_norm = build_norm(model.norm, K) if attn.qk_norm else None
+        self.rotary = Rotary(model.position, K) if model.position.kind in ROTARY_KINDS else None
+        self.sinks = nn.Parameter(torch.zeros(H)) if attn.sinks else None
+
+    def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache: KVCache | None = None):
+        B, T, _ = x_BTD.shape
+        q_BTHK = self.q_proj(x_BTD).view(B, T, self.num_heads, self.head_dim)
+        k_BTGK = self.k_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
+        v_BTGK = self.v_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
+        if self.rotary is not None:
+            q_BTHK, k_BTGK = self.rotary(q_BTHK, positions_BT), self.rotary(k_BTGK, positions_BT)
+        q_BHTK, k_BGLK, v_BGLK = q_BTHK.transpose(1, 2), k_BTGK.transpose(1, 2), v_BTGK.transpose(1, 2)
+        start = 0
+        if cache is not None:
+            start = cache.length
+            k_BGLK, v_BGLK = cache.update(self.layer_idx, k_BGLK, v_BGLK)
+        y_BHTK = self.attend(q_BHTK, k_BGLK, v_BGLK, start, doc_ids_BT)
+        return self.o_proj(y_BHTK.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def attend(self, q_BHTK, k_BGLK, v_BGLK, start: int, doc_ids_BT):
+        T, L = q_BHTK.shape[2], k_BGLK.shape[2]
+        if doc_ids_BT is None and self.window is None and self.sinks is None and start == 0:
+            return F.scaled_dot_product_attention(q_BHTK, k_BGLK, v_BGLK, is_causal=True, enable_gqa=True)
+        mask_bHTL = self.mask(T, L, start, doc_ids_BT, q_BHTK.device)
+        if self.sinks is not None:
+            # A sink is an extra key with logit sinks[h] and a zero value: it only adds exp(sink) to
+            # the softmax denominator, as in GPT-OSS. Fed to SDPA as a float bias column.
+            B, G, _, K = k_BGLK.shape
+            bias_bHTL = torch.zeros(mask_bHTL.shape, dtype=q_BHTK.dtype, device=q_BHTK.device)
+            bias_bHTL = bias_bHTL.masked_fill(~mask_bHTL, float("-inf"))
+            sink_bHT1 = self.sinks.to(q_BHTK.dtype).view(1, -1, 1, 1).expand(bias_bHTL.shape[0], -1, T, 1)
+            mask_bHTL = torch.cat([bias_bHTL.expand(-1, self.num_heads, -1, -1), sink_bHT1], dim=-1)
+            zeros_BG1K = k_BGLK.new_zeros(B, G, 1, K)
+            k_BGLK, v_BGLK = torch.cat([k_BGLK, zeros_BG1K], 2), torch.cat([v_BGLK, zeros_BG1K], 2)
+        return F.scaled_dot_product_attention(q_BHTK, k_BGLK, v_BGLK, attn_mask=mask_bHTL, enable_gqa=True)
+
+    def mask(self, T: int, L: int, start: int, doc_ids_BT, device) -> torch.Tensor:
+        """Boolean [b, 1, T, L] (b = B with documents, else 1): True where query t may see key l."""
+        q_idx_T1 = torch.arange(start, start + T, device=device)[:, None]
+        k_idx_1L = torch.arange(L, device=device)[None, :]
+        allowed_TL = k_idx_1L <= q_idx_T1
+        if self.window is not None:
+            allowed_TL = allowed_TL & (q_idx_T1 - k_idx_1L < self.window)
+        if doc_ids_BT is None:
+            return allowed_TL[None, None]
+        if L != T:
+            raise ValueError("doc_ids cannot be combined with a KV cache (decode one document at a time)")
+        same_doc_BTL = doc_ids_BT[:, :, None] == doc_ids_BT[:, None, :]
+        return (allowed_TL & same_doc_BTL)[:, None]
+
+    def cache_bytes(self, context: int, dtype: torch.dtype) -> int:
+        """Bytes of keys+values one sequence of `context` tokens keeps in this layer."""
+        cached_tokens = context if self.window is None else min(context, self.window)
+        return 2 * self.num_kv_heads * self.head_dim * dtype.itemsize * cached_tokens
+
+    def score_flops_per_token(self, context: int) -> int:
+        """Training FLOPs per token of QK^T and AV at this context, PaLM convention (no causal
+        halving): forward 2*2*H*K*T, times 3 for forward+backward."""
+        attended = context if self.window is None else min(context, self.window)
+        return 12 * self.num_heads * self.head_dim * attended

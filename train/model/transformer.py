@@ -1,0 +1,101 @@
+"""The decoder-only transformer: embeddings, a stack of blocks, final norm, output head.
+
+`forward(input_ids, doc_ids=None)` returns logits; the trainer's chunked cross-entropy uses
+`hidden_states(...)` and `output_weight()` instead, since forward = hidden_states @ output_weight^T.
+`doc_ids` [B, T] marks the document of each token in a packed window: attention stays inside a
+document and positions restart at 0 at each document start.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.model.block import Block
+from train.model.config import ModelConfig
+from train.model.kv_cache import KVCache
+from train.model.norm import LayerNorm, RMSNorm, build_norm
+from train.model.position import build_additive_position
+
+# Linear layers that write into the residual stream get std / sqrt(2 * num_layers) at init
+# (GPT-2 paper sec. 2.3), so the residual variance does not grow with depth.
+RESIDUAL_PROJECTIONS = ("o_proj", "down_proj")
+
+
+def document_positions(doc_ids_BT: torch.Tensor) -> torch.Tensor:
+    """Position of each token inside its document: index minus the index of the document start."""
+    B, T = doc_ids_BT.shape
+    index_BT = torch.arange(T, device=doc_ids_BT.device).expand(B, T)
+    is_start_BT = torch.ones_like(doc_ids_BT, dtype=torch.bool)
+    is_start_BT[:, 1:] = doc_ids_BT[:, 1:] != doc_ids_BT[:, :-1]
+    start_BT = torch.where(is_start_BT, index_BT, 0).cummax(dim=1).values
+    return index_BT - start_BT
+
+
+def check_layer_patterns(config: ModelConfig) -> None:
+    for pattern, table in (("layer_mixers", "mixers"), ("layer_ffns", "ffns")):
+        names, known = getattr(config, pattern), getattr(config, table)
+        if not names:
+            raise ValueError(f"model.{pattern} is empty; name at least one entry of model.{table}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"model.{pattern} names {unknown}, which are not in model.{table} {sorted(known)}")
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        check_layer_patterns(config)
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.position = build_additive_position(config.position, config.dim, config.max_seq_len)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.final_norm = build_norm(config.norm, config.dim)
+        self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.init_weights()
+
+    def output_weight(self) -> torch.Tensor:
+        """[vocab, dim] matrix of the output head (the embedding table when tied)."""
+        return self.embed.weight if self.output is None else self.output.weight
+
+    def hidden_states(self, input_ids_BT, doc_ids_BT=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Final normed hidden states [B, T, D]."""
+        B, T = input_ids_BT.shape
+        start = 0 if cache is None else cache.length
+        if doc_ids_BT is not None:
+            positions_BT = document_positions(doc_ids_BT)
+        else:
+            positions_BT = torch.arange(start, start + T, device=input_ids_BT.device).expand(B, T)
+        x_BTD = self.embed(input_ids_BT)
+        if self.position is not None:
+            x_BTD = x_BTD + self.position(positions_BT).to(x_BTD.dtype)
+        for layer in self.layers:
+            x_BTD = layer(x_BTD, positions_BT, doc_ids_BT, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.final_norm(x_BTD)
+
+    def forward(self, input_ids_BT, doc_ids_BT=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [B, T, vocab]."""
+        return F.linear(self.hidden_states(input_ids_BT, doc_ids_BT, cache), self.output_weight())
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, init_std) matrices and embeddings, zero biases and sinks, unit norm weights.
+        Covers every parameter, so a model built on the meta device can be materialised with
+        `to_empty(device=...)` followed by `init_weights()`."""
+        std = self.config.init_std
+        residual_std = std / (2 * self.config.num_layers) ** 0.5
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=residual_std if name.endswith(RESIDUAL_PROJECTIONS) else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (RMSNorm, LayerNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            if getattr(module, "sinks", None) is not None:
+                nn.init.zeros_(module.sinks)
+        nn.init.normal_(self.embed.weight, std=std)
+        if self.position is not None and hasattr(self.position, "weight"):
+            nn.init.normal_(self.position.weight, std=std)
