@@ -1,0 +1,80 @@
+"""Print a model's parameters, training FLOPs per token and KV-cache size.
+
+    python -m train.inspect model=llama3 context=8192 dtype=bf16
+    python -m train.inspect model=llama3_tiny model.mixers.full.attention.num_kv_heads=1
+    python -m train.inspect compare=[gpt2,llama3,qwen3]
+
+The numbers come from train.model.inspect.summarize; this file only formats them.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from train.model.config import CONFIGS_DIR, ModelConfig, load_preset, to_model_config
+from train.model.inspect import COMPONENTS, Summary, summarize
+
+
+@dataclass
+class InspectConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    context: Optional[int] = None  # tokens; default: each model's max_seq_len
+    dtype: str = "bf16"  # of the KV cache: fp32 | bf16 | fp16 | fp8
+    compare: List[str] = field(default_factory=list)  # preset names shown side by side (replaces `model`)
+
+
+ConfigStore.instance().store(name="inspect_schema", node=InspectConfig)
+
+
+def _count(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def rows(s: Summary) -> list[tuple[str, str]]:
+    per_layer = sorted(set(s.kv_bytes_per_token_per_layer))
+    return [
+        ("parameters (total)", f"{_count(s.params_total)} ({s.params_total:,})"),
+        *[(f"  {c.replace('_', ' ')}", _count(s.params[c])) for c in COMPONENTS],
+        ("matmul parameters N", _count(s.matmul_params)),
+        ("context T", f"{s.context:,}"),
+        ("train FLOPs/token (6N + attn)", _count(s.flops_per_token)),
+        ("  attention scores at T", _count(s.attention_flops_per_token)),
+        (f"KV bytes/token/layer ({s.dtype})", " / ".join(_bytes(b) for b in per_layer)),
+        ("KV bytes/token (all layers)", _bytes(sum(s.kv_bytes_per_token_per_layer))),
+        (f"KV cache at T ({s.dtype})", _bytes(s.kv_bytes_total)),
+    ]
+
+
+def format_table(names: list[str], summaries: list[Summary]) -> str:
+    labels = [label for label, _ in rows(summaries[0])]
+    columns = [[value for _, value in rows(s)] for s in summaries]
+    table = [["", *names]] + [[label, *values] for label, *values in zip(labels, *columns)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]) for row in table]
+    note = "FLOPs: PaLM convention (Chowdhery et al. 2022, App. B): 6 x matmul params + 12 x layers x heads x head_dim x T."
+    return "\n".join(lines + [note])
+
+
+@hydra.main(config_path=str(CONFIGS_DIR), config_name="inspect", version_base=None)
+def main(cfg: InspectConfig) -> None:
+    if cfg.compare:
+        names, configs = list(cfg.compare), [load_preset(name) for name in cfg.compare]
+    else:
+        names, configs = [HydraConfig.get().runtime.choices.get("model", "model")], [to_model_config(cfg.model)]
+    print(format_table(names, [summarize(c, cfg.context, cfg.dtype) for c in configs]))
+
+
+if __name__ == "__main__":
+    main()
