@@ -7,6 +7,7 @@ Re-running an unchanged config (same settings, same input files) does nothing an
 """
 
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -147,10 +148,10 @@ def init_worker(tokenizer_json: str, ids: SpecialIds, add_bos: bool) -> None:
 def encode_batch(task: Tuple[List[str], list]) -> Tuple[np.ndarray, np.ndarray, list]:
     """Tokenize a batch of documents; returns (all tokens [N] uint32 with EOS after each, lengths, labels)."""
     texts, labels = task
-    prefix = [_worker_ids.bos] if _worker_add_bos else []
-    ids = [prefix + e.ids + [_worker_ids.eos] for e in _worker_tokenizer.encode_batch(texts, add_special_tokens=False)]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    return np.fromiter((t for x in ids for t in x), dtype=np.uint32, count=int(lengths.sum())), lengths, labels
+    prefix, suffix = ([_worker_ids.bos] if _worker_add_bos else []), [_worker_ids.eos]
+    ids = [prefix + e.ids + suffix for e in _worker_tokenizer.encode_batch(texts, add_special_tokens=False)]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint32, count=int(lengths.sum())), lengths, labels
 
 
 def encoded_batches(config: DataConfig, tokenizer_json: str, ids: SpecialIds, work: Iterator) -> Iterator:

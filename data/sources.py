@@ -4,6 +4,7 @@ Each reader yields plain strings, one per document, in a deterministic order. Ba
 DataError naming the file and line; with `skip_bad_lines` a malformed JSONL line is counted instead.
 """
 
+import functools
 import glob
 import gzip
 import io
@@ -14,7 +15,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Tuple
 
 from data.config import SourceConfig
 from data.errors import DataError
@@ -34,12 +35,15 @@ class SourceStats:
 # --- the embedded default: Python's own documentation and source ---------------------------------
 
 
-def stdlib_module_files() -> List[Path]:
+@functools.lru_cache(maxsize=1)
+def stdlib_module_files() -> Tuple[Path, ...]:
     """The standard library's .py files, without tests and the IDLE/2to3 tools: ~11 MB on CPython 3.11."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = ("site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__")
-    files = [p for p in root.rglob("*.py") if not any(part in skip for part in p.relative_to(root).parts)]
-    return sorted(files)
+    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
+    files = []
+    for folder, subfolders, names in os.walk(sysconfig.get_paths()["stdlib"]):
+        subfolders[:] = [d for d in subfolders if d not in skip]  # prune: site-packages alone can hold 40k files
+        files += [Path(folder, n) for n in names if n.endswith(".py")]
+    return tuple(sorted(files))
 
 
 def stdlib_documents(source: SourceConfig, stats: SourceStats) -> Iterator[str]:
