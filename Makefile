@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` (the main job on the embedded default) and `make test`.
+# Each sets up a local virtual environment first (.venv, once; again only when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Without CUDA, torch is pinned to the CPU build that the project is tested with, installed before
+# anything that depends on it, so pip never pulls a multi-GB CUDA build. Extra pip arguments (e.g. a
+# CPU wheel index) go in TORCH_PIP_ARGS.
+TORCH_CPU ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: setup demo test test-slow bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PIP) install $(TORCH_PIP_ARGS) torch; \
+	else \
+		$(PIP) install $(TORCH_PIP_ARGS) $(TORCH_CPU); \
+	fi
+	# DeepSpeed's build imports torch, so no build isolation; its ops compile on first use, not now.
+	DS_BUILD_OPS=0 $(PIP) install --no-build-isolation "deepspeed>=0.16"
+	$(PIP) install -e ".[test]"
+	$(PY) -c "import torch, deepspeed, hydra, tokenizers; print('torch', torch.__version__, '| deepspeed', deepspeed.__version__)"
+	touch $@
+
+demo: setup
+	$(PY) -m data
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
+
+bench: setup
+	$(PY) bench/data_throughput.py
+
+clean:
+	rm -rf outputs .pytest_cache
