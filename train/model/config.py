@@ -52,6 +52,7 @@ class NormConfig:
     kind: str = "rmsnorm"  # rmsnorm | layernorm
     eps: float = 1e-5
     bias: bool = False  # layernorm only
+    unit_offset: bool = False  # rmsnorm scales by (1 + weight), weight initialised to 0 (Gemma, Qwen3-Next)
 
 
 @dataclass
@@ -64,17 +65,92 @@ class AttentionConfig:
     out_bias: bool = False
     window: Optional[int] = None  # sliding window: a query sees itself and the window-1 tokens before it
     sinks: bool = False  # learned per-head sink logit in the softmax denominator (GPT-OSS)
+    output_gate: bool = False  # Qwen3-Next: q_proj also emits a per-head gate g, output = attn * sigmoid(g)
+
+
+@dataclass
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2, arXiv 2405.04434, sec. 2.1; DeepSeek-V3). Keys and
+    values are decompressed from one per-token latent of kv_lora_rank dims; the position enters
+    through a separate rope key of qk_rope_head_dim dims shared by all heads. Only these two are cached."""
+
+    num_heads: int = 8
+    q_lora_rank: Optional[int] = None  # None: q = W_q x; else q = W_qb norm(W_qa x) (V2-Lite has none)
+    kv_lora_rank: int = 512
+    qk_nope_head_dim: int = 128  # per-head key/query dims without position
+    qk_rope_head_dim: int = 64  # rotary dims (one shared rope key per token)
+    v_head_dim: int = 128
+    latent_norm_eps: float = 1e-6  # the RMSNorms of the q and kv latents (DeepSeek uses 1e-6 there)
+    bias: bool = False  # biases of the down-projections q_a/kv_a and of o_proj (attention_bias)
+
+
+@dataclass
+class LinearAttentionConfig:
+    """Causal linear attention with the elu+1 feature map (Katharopoulos et al. 2020, arXiv 2006.16236)."""
+
+    num_heads: int = 8
+    head_dim: Optional[int] = None  # None = dim // num_heads (keys and values)
+    eps: float = 1e-6  # added to the normaliser phi(q).sum phi(k)
+    chunk_size: int = 64
+
+
+@dataclass
+class GatedDeltaNetConfig:
+    """Gated DeltaNet (Yang, Kautz, Hatamizadeh 2024, arXiv 2412.06464) as in Qwen3-Next."""
+
+    num_key_heads: int = 16  # q/k heads; each serves num_value_heads // num_key_heads value heads
+    num_value_heads: int = 32
+    key_head_dim: int = 128
+    value_head_dim: int = 128
+    conv_kernel: int = 4  # short causal depthwise convolution over q, k, v
+    chunk_size: int = 64
+
+
+@dataclass
+class Mamba2Config:
+    """Mamba-2 / SSD (Dao & Gu 2024, arXiv 2405.21060): inner dim = num_heads * head_dim."""
+
+    num_heads: int = 64
+    head_dim: int = 64  # P
+    state_size: int = 128  # N
+    num_groups: int = 1  # B and C are shared by num_heads // num_groups heads
+    conv_kernel: int = 4
+    conv_bias: bool = True
+    bias: bool = False  # in_proj / out_proj biases
+    chunk_size: int = 256
+    gated_norm: bool = True  # y = RMSNorm(y * silu(z)) per group; False: y * silu(z) (Falcon-H1 mamba_rms_norm=false)
+    dt_min: float = 0.001  # init of dt = softplus(dt_bias): log-uniform in [dt_min, dt_max]
+    dt_max: float = 0.1
+    dt_floor: float = 1e-4
+    dt_limit_min: float = 0.0  # clamp of dt in the scan (time_step_limit)
+    dt_limit_max: float = float("inf")
+
+
+@dataclass
+class ParallelHybridConfig:
+    """Falcon-H1 (arXiv 2507.22448) parallel hybrid: attention and Mamba2 read the same normed input,
+    out = attention_multiplier * attention(x) + ssm_multiplier * mamba2(x)."""
+
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    mamba2: Mamba2Config = field(default_factory=Mamba2Config)
+    attention_multiplier: float = 1.0
+    ssm_multiplier: float = 1.0
 
 
 @dataclass
 class MixerConfig:
-    kind: str = "softmax_attention"
+    kind: str = "softmax_attention"  # softmax_attention | mla | linear_attention | gated_deltanet | mamba2 | parallel_hybrid
     attention: Optional[AttentionConfig] = None  # kind == softmax_attention
+    mla: Optional[MLAConfig] = None  # kind == mla
+    linear_attention: Optional[LinearAttentionConfig] = None  # kind == linear_attention
+    gated_deltanet: Optional[GatedDeltaNetConfig] = None  # kind == gated_deltanet
+    mamba2: Optional[Mamba2Config] = None  # kind == mamba2
+    parallel_hybrid: Optional[ParallelHybridConfig] = None  # kind == parallel_hybrid
 
 
 @dataclass
 class FFNConfig:
-    kind: str = "glu"  # mlp | glu
+    kind: str = "glu"  # mlp | glu | none (no feed-forward sublayer: Mamba2 blocks are norm + mixer only)
     hidden_dim: int = 1024
     activation: str = "silu"  # glu+silu = SwiGLU, glu+gelu = GEGLU, glu+relu = ReGLU, glu+sigmoid = GLU
     bias: bool = False

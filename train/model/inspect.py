@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from train.model.config import ModelConfig
-from train.model.norm import LayerNorm, RMSNorm
+from train.model.norm import GatedRMSNorm, LayerNorm, RMSNorm
 from train.model.transformer import Transformer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
@@ -41,7 +41,7 @@ def _component(model: Transformer, module_name: str) -> str:
         return "embeddings"
     if module_name.startswith("output"):
         return "output_head"
-    if isinstance(model.get_submodule(module_name), (RMSNorm, LayerNorm)):
+    if isinstance(model.get_submodule(module_name), (RMSNorm, LayerNorm, GatedRMSNorm)):
         return "norms"
     return "mixers" if ".mixer." in f"{module_name}." else "feed_forward"
 

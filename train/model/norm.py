@@ -1,7 +1,9 @@
 """LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019), both computed in fp32.
 
 Normalising in fp32 and casting back before the weight follows the Llama/HF reference, so bf16
-activations lose no precision in the variance.
+activations lose no precision in the variance. `unit_offset` RMSNorm scales by (1 + weight) with the
+weight initialised to zero (Gemma; Qwen3-Next's Qwen3NextRMSNorm), so weight decay pulls it to 1.
+GatedRMSNorm is the output norm of Mamba2 and Gated DeltaNet, gated by silu(z).
 """
 
 import torch
@@ -12,14 +14,37 @@ from train.model.config import NormConfig
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, unit_offset: bool = False):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.unit_offset = unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unit_offset:  # (x * (1 + w)) in fp32, then cast, as Qwen3NextRMSNorm
+            return (F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps) * (1.0 + self.weight.float())).type_as(x)
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
         return normed * self.weight
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm over groups of `group_size` channels, gated by silu(z).
+    norm_before_gate=True:  weight * norm(y) * silu(z)   (Gated DeltaNet, Qwen3NextRMSNormGated)
+    norm_before_gate=False: weight * norm(y * silu(z))   (Mamba2, MambaRMSNormGated / mamba_ssm's RMSNormGated)"""
+
+    def __init__(self, dim: int, eps: float, group_size: int, norm_before_gate: bool):
+        super().__init__()
+        self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y32, gate = y.float(), F.silu(z.float())
+        if not self.norm_before_gate:
+            y32 = y32 * gate
+        grouped = y32.unflatten(-1, (-1, self.group_size))
+        normed = F.rms_norm(grouped, (self.group_size,), eps=self.eps).flatten(-2)
+        out = self.weight * normed.type_as(y)
+        return (out * gate).type_as(y) if self.norm_before_gate else out
 
 
 class LayerNorm(nn.Module):
@@ -36,7 +61,9 @@ class LayerNorm(nn.Module):
 
 def build_norm(config: NormConfig, dim: int) -> nn.Module:
     if config.kind == "rmsnorm":
-        return RMSNorm(dim, config.eps)
+        return RMSNorm(dim, config.eps, config.unit_offset)
     if config.kind == "layernorm":
+        if config.unit_offset:
+            raise ValueError("norm.unit_offset is only supported with norm.kind=rmsnorm")
         return LayerNorm(dim, config.eps, config.bias)
     raise ValueError(f"norm.kind={config.kind!r} is not supported; use rmsnorm or layernorm")

@@ -13,12 +13,12 @@ from torch import nn
 from train.model.block import Block
 from train.model.config import ModelConfig
 from train.model.kv_cache import KVCache
-from train.model.norm import LayerNorm, RMSNorm, build_norm
+from train.model.norm import GatedRMSNorm, LayerNorm, RMSNorm, build_norm
 from train.model.position import build_additive_position
 
 # Linear layers that write into the residual stream get std / sqrt(2 * num_layers) at init
 # (GPT-2 paper sec. 2.3), so the residual variance does not grow with depth.
-RESIDUAL_PROJECTIONS = ("o_proj", "down_proj")
+RESIDUAL_PROJECTIONS = ("o_proj", "down_proj", "out_proj")
 
 
 def document_positions(doc_ids_BT: torch.Tensor) -> torch.Tensor:
@@ -80,8 +80,9 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Normal(0, init_std) matrices and embeddings, zero biases and sinks, unit norm weights.
-        Covers every parameter, so a model built on the meta device can be materialised with
+        """Normal(0, init_std) matrices and embeddings, zero biases and sinks, unit norm weights (zero
+        for unit-offset norms), and each mixer's own init for its other parameters
+        (`reset_extra_parameters`: SSM decays, time steps, convolutions). Covers every parameter, so a model built on the meta device can be materialised with
         `to_empty(device=...)` followed by `init_weights()`."""
         std = self.config.init_std
         residual_std = std / (2 * self.config.num_layers) ** 0.5
@@ -90,12 +91,14 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, std=residual_std if name.endswith(RESIDUAL_PROJECTIONS) else std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (RMSNorm, LayerNorm)):
-                nn.init.ones_(module.weight)
+            elif isinstance(module, (RMSNorm, LayerNorm, GatedRMSNorm)):
+                (nn.init.zeros_ if getattr(module, "unit_offset", False) else nn.init.ones_)(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
             if getattr(module, "sinks", None) is not None:
                 nn.init.zeros_(module.sinks)
+            if hasattr(module, "reset_extra_parameters"):
+                module.reset_extra_parameters()
         nn.init.normal_(self.embed.weight, std=std)
         if self.position is not None and hasattr(self.position, "weight"):
             nn.init.normal_(self.position.weight, std=std)

@@ -1,8 +1,9 @@
 """Softmax attention (Vaswani et al. 2017) with G key/value heads shared by groups of query heads:
 G = H is multi-head (MHA), G = 1 multi-query (MQA, Shazeer 2019), 1 < G < H grouped-query
 (GQA, Ainslie et al. 2023). Options: QK-norm (Qwen3), projection biases (GPT-2, Qwen2), a
-sliding window (Mistral, Gemma), learned attention sinks (GPT-OSS), document masking for packed
-sequences. Runs on F.scaled_dot_product_attention; an explicit boolean mask is built only when
+sliding window (Mistral, Gemma), learned attention sinks (GPT-OSS), an output gate (Qwen3-Next:
+attn * sigmoid(W_g x), per head), document masking for packed sequences (`attention_mask`, shared
+with MLA). Runs on F.scaled_dot_product_attention; an explicit boolean mask is built only when
 documents, a window, sinks or a cache need one, so plain causal training keeps the fused kernels.
 """
 
@@ -16,6 +17,22 @@ from train.model.norm import build_norm
 from train.model.position import ROTARY_KINDS
 from train.model.position.rope import Rotary
 from train.model.registry import register_mixer
+
+
+def attention_mask(T: int, L: int, start: int, doc_ids_BT, device, window: int | None = None) -> torch.Tensor:
+    """Boolean [b, 1, T, L] (b = B with documents, else 1): True where query t (at position start + t)
+    may see key l: causal, inside the window, and in the same document."""
+    q_idx_T1 = torch.arange(start, start + T, device=device)[:, None]
+    k_idx_1L = torch.arange(L, device=device)[None, :]
+    allowed_TL = k_idx_1L <= q_idx_T1
+    if window is not None:
+        allowed_TL = allowed_TL & (q_idx_T1 - k_idx_1L < window)
+    if doc_ids_BT is None:
+        return allowed_TL[None, None]
+    if L != T:
+        raise ValueError("doc_ids cannot be combined with a KV cache (decode one document at a time)")
+    same_doc_BTL = doc_ids_BT[:, :, None] == doc_ids_BT[:, None, :]
+    return (allowed_TL & same_doc_BTL)[:, None]
 
 
 @register_mixer("softmax_attention")
@@ -33,7 +50,9 @@ class SoftmaxAttention(nn.Module):
             raise ValueError(f"attention.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         self.window = attn.window
         H, G, K, D = self.num_heads, self.num_kv_heads, self.head_dim, model.dim
-        self.q_proj = nn.Linear(D, H * K, bias=attn.qkv_bias)
+        self.output_gate = attn.output_gate
+        # with an output gate q_proj emits [q_h, gate_h] per head (the Qwen3-Next layout)
+        self.q_proj = nn.Linear(D, H * K * (2 if attn.output_gate else 1), bias=attn.qkv_bias)
         self.k_proj = nn.Linear(D, G * K, bias=attn.qkv_bias)
         self.v_proj = nn.Linear(D, G * K, bias=attn.qkv_bias)
         self.o_proj = nn.Linear(H * K, D, bias=attn.out_bias)
@@ -45,7 +64,10 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache: KVCache | None = None):
         B, T, _ = x_BTD.shape
-        q_BTHK = self.q_proj(x_BTD).view(B, T, self.num_heads, self.head_dim)
+        if self.output_gate:
+            q_BTHK, gate_BTHK = self.q_proj(x_BTD).view(B, T, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
+        else:
+            q_BTHK = self.q_proj(x_BTD).view(B, T, self.num_heads, self.head_dim)
         k_BTGK = self.k_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
         v_BTGK = self.v_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
@@ -57,8 +79,10 @@ class SoftmaxAttention(nn.Module):
         if cache is not None:
             start = cache.length
             k_BGLK, v_BGLK = cache.update(self.layer_idx, k_BGLK, v_BGLK)
-        y_BHTK = self.attend(q_BHTK, k_BGLK, v_BGLK, start, doc_ids_BT)
-        return self.o_proj(y_BHTK.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+        y_BTHK = self.attend(q_BHTK, k_BGLK, v_BGLK, start, doc_ids_BT).transpose(1, 2)
+        if self.output_gate:
+            y_BTHK = y_BTHK * torch.sigmoid(gate_BTHK)
+        return self.o_proj(y_BTHK.reshape(B, T, self.num_heads * self.head_dim))
 
     def attend(self, q_BHTK, k_BGLK, v_BGLK, start: int, doc_ids_BT):
         T, L = q_BHTK.shape[2], k_BGLK.shape[2]
@@ -78,23 +102,20 @@ class SoftmaxAttention(nn.Module):
         return F.scaled_dot_product_attention(q_BHTK, k_BGLK, v_BGLK, attn_mask=mask_bHTL, enable_gqa=True)
 
     def mask(self, T: int, L: int, start: int, doc_ids_BT, device) -> torch.Tensor:
-        """Boolean [b, 1, T, L] (b = B with documents, else 1): True where query t may see key l."""
-        q_idx_T1 = torch.arange(start, start + T, device=device)[:, None]
-        k_idx_1L = torch.arange(L, device=device)[None, :]
-        allowed_TL = k_idx_1L <= q_idx_T1
-        if self.window is not None:
-            allowed_TL = allowed_TL & (q_idx_T1 - k_idx_1L < self.window)
-        if doc_ids_BT is None:
-            return allowed_TL[None, None]
-        if L != T:
-            raise ValueError("doc_ids cannot be combined with a KV cache (decode one document at a time)")
-        same_doc_BTL = doc_ids_BT[:, :, None] == doc_ids_BT[:, None, :]
-        return (allowed_TL & same_doc_BTL)[:, None]
+        return attention_mask(T, L, start, doc_ids_BT, device, self.window)
 
     def cache_bytes(self, context: int, dtype: torch.dtype) -> int:
         """Bytes of keys+values one sequence of `context` tokens keeps in this layer."""
         cached_tokens = context if self.window is None else min(context, self.window)
         return 2 * self.num_kv_heads * self.head_dim * dtype.itemsize * cached_tokens
+
+    def state_bytes(self, dtype: torch.dtype) -> int:
+        """Fixed-size part of the cache (none: everything grows with the context)."""
+        return 0
+
+    def mha_cache_bytes(self, context: int, dtype: torch.dtype) -> int:
+        """The cache of a full-context MHA layer with these query heads and head dims (for comparison)."""
+        return 2 * self.num_heads * self.head_dim * dtype.itemsize * context
 
     def score_flops_per_token(self, context: int) -> int:
         """Training FLOPs per token of QK^T and AV at this context, PaLM convention (no causal

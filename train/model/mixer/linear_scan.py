@@ -1,0 +1,85 @@
+"""Gated causal linear attention, S_t = a_t S_{t-1} + k_t v_t^T, y_t = S_t^T q_t, in two forms:
+
+- `recurrent_linear_attention`: one token at a time (decoding; the naive reference);
+- `chunked_linear_attention`: the chunkwise-parallel form for training (Yang et al. 2023, "Gated
+  Linear Attention", arXiv 2312.06635, sec. 3; Dao & Gu 2024, "Transformers are SSMs", arXiv
+  2405.21060, sec. 6, the SSD algorithm): inside a chunk of C tokens a masked (q k^T * decay) v
+  product, across chunks a scan over the states. O(T * C) work instead of O(T^2).
+
+a_t = exp(log_decay_t) (None: a_t = 1, plain linear attention, Katharopoulos et al. 2020). Mamba2's
+SSD is this with q = C, k = dt * B, v = x, log a = dt * A. `reset_BT` (True at a document start)
+sets a_t = 0 so no state crosses documents; the chunked form applies it as masks (a log decay of
+-inf would give inf - inf). Shapes: q, k [B, H, T, K], v [B, H, T, V], log_decay [B, H, T],
+state [B, H, K, V]; all computed in fp32.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def recurrent_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset_BT=None, state_BHKV=None):
+    B, H, T, K = q_BHTK.shape
+    q_BHTK, k_BHTK, v_BHTV = q_BHTK.float(), k_BHTK.float(), v_BHTV.float()
+    S_BHKV = q_BHTK.new_zeros(B, H, K, v_BHTV.shape[-1]) if state_BHKV is None else state_BHKV.float()
+    ys = []
+    for t in range(T):
+        if log_decay_BHT is not None:
+            S_BHKV = S_BHKV * log_decay_BHT[:, :, t, None, None].float().exp()
+        if reset_BT is not None:
+            S_BHKV = S_BHKV * (~reset_BT[:, t]).float()[:, None, None, None]
+        S_BHKV = S_BHKV + k_BHTK[:, :, t, :, None] * v_BHTV[:, :, t, None, :]
+        ys.append(torch.einsum("bhk,bhkv->bhv", q_BHTK[:, :, t], S_BHKV))
+    return torch.stack(ys, dim=2), S_BHKV
+
+
+def chunk_masks(log_decay_BHT, reset_BT, T: int, chunk: int, B: int, H: int, device):
+    """Per-chunk decay factors with document resets, shared with the delta rule.
+    cum is the in-chunk cumulative log decay. Returns (pair decay exp(cum_i - cum_j) [B,H,N,C,C] (0
+    above the diagonal and across documents), from_start [B,H,N,C] = exp(cum_i) if no reset since the chunk start else 0,
+    to_end [B,H,N,C] = exp(cum_last - cum_j) if no reset after j, chunk_decay [B,H,N])."""
+    pad = (chunk - T % chunk) % chunk
+    N = (T + pad) // chunk
+    g = torch.zeros(B, H, T, device=device) if log_decay_BHT is None else log_decay_BHT.float()
+    cum_BHNC = F.pad(g, (0, pad)).view(B, H, N, chunk).cumsum(-1)
+    causal_CC = torch.ones(chunk, chunk, dtype=torch.bool, device=device).tril()
+    if reset_BT is None:
+        seg_BHNC = torch.zeros(1, 1, N, chunk, dtype=torch.long, device=device)
+    else:
+        seg_BHNC = F.pad(reset_BT.long(), (0, pad)).view(B, 1, N, chunk).cumsum(-1)  # resets since chunk start
+    same_BHNCC = causal_CC & (seg_BHNC[..., :, None] == seg_BHNC[..., None, :])
+    diff_BHNCC = (cum_BHNC[..., :, None] - cum_BHNC[..., None, :]).masked_fill(~same_BHNCC, float("-inf"))
+    pair_BHNCC = diff_BHNCC.exp()
+    from_start_BHNC = cum_BHNC.exp() * (seg_BHNC == 0)
+    to_end_BHNC = (cum_BHNC[..., -1:] - cum_BHNC).exp() * (seg_BHNC == seg_BHNC[..., -1:])
+    chunk_decay_BHN = cum_BHNC[..., -1].exp() * (seg_BHNC[..., -1] == 0)
+    return pair_BHNCC, from_start_BHNC, to_end_BHNC, chunk_decay_BHN, pad
+
+
+def chunked_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset_BT=None, state_BHKV=None, chunk: int = 64):
+    B, H, T, K = q_BHTK.shape
+    V = v_BHTV.shape[-1]
+    pair, from_start, to_end, chunk_decay, pad = chunk_masks(log_decay_BHT, reset_BT, T, chunk, B, H, q_BHTK.device)
+    q, k, v = (F.pad(x.float(), (0, 0, 0, pad)).unflatten(2, (-1, chunk)) for x in (q_BHTK, k_BHTK, v_BHTV))
+    y_intra_BHNCV = ((q @ k.transpose(-1, -2)) * pair) @ v
+    q_from_start, k_to_end = q * from_start[..., None], k * to_end[..., None]
+    S_BHKV = q.new_zeros(B, H, K, V) if state_BHKV is None else state_BHKV.float()
+    ys = []
+    for n in range(q.shape[2]):  # the scan over chunk states
+        ys.append(y_intra_BHNCV[:, :, n] + q_from_start[:, :, n] @ S_BHKV)
+        S_BHKV = S_BHKV * chunk_decay[:, :, n, None, None] + k_to_end[:, :, n].transpose(-1, -2) @ v[:, :, n]
+    return torch.cat(ys, dim=2)[:, :, :T], S_BHKV
+
+
+def document_resets(doc_ids_BT):
+    """True at each token that starts a new document after the first token of the row (the state
+    is zero there anyway), or None without documents."""
+    if doc_ids_BT is None:
+        return None
+    reset_BT = torch.zeros_like(doc_ids_BT, dtype=torch.bool)
+    reset_BT[:, 1:] = doc_ids_BT[:, 1:] != doc_ids_BT[:, :-1]
+    return reset_BT
+
+
+def check_no_documents_with_cache(doc_ids_BT, cache) -> None:
+    if doc_ids_BT is not None and cache is not None:
+        raise ValueError("doc_ids cannot be combined with a decoding cache (decode one document at a time)")
