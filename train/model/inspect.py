@@ -7,7 +7,10 @@ where N_matmul counts the weights of every matmul a token goes through (all Line
 the output head, the tied embedding included; not the embedding lookup, norms or biases), and
 softmax attention adds 12 * H * head_dim * T (QK^T and AV, forward + backward, T = context, or
 the window for sliding layers; not halved for causality). Each mixer reports its own score
-FLOPs and KV-cache bytes, so new mixers (MLA, linear attention) bring their own numbers.
+FLOPs and KV-cache bytes, so new mixers (MLA, linear attention) bring their own numbers: a
+cache is a part that grows per token (keys/values; MLA's latent + rope key) plus a fixed-size part
+(conv + recurrent state of linear attention / SSM layers, `state_bytes`), and `mha_cache_bytes`
+is what an MHA layer with the same heads and head dims would cache, to show the saving.
 """
 
 from dataclasses import dataclass, field
@@ -32,8 +35,10 @@ class Summary:
     matmul_params: int = 0
     flops_per_token: int = 0  # training, PaLM convention (module docstring)
     attention_flops_per_token: int = 0  # the score part of flops_per_token
-    kv_bytes_per_token_per_layer: list[int] = field(default_factory=list)  # one cached token, each layer
-    kv_bytes_total: int = 0  # one sequence of `context` tokens, all layers
+    kv_bytes_per_token_per_layer: list[int] = field(default_factory=list)  # one cached token, each layer (growing part)
+    state_bytes_per_layer: list[int] = field(default_factory=list)  # fixed-size state, each layer (linear mixers)
+    kv_bytes_total: int = 0  # cache of one sequence of `context` tokens, all layers, state included
+    mha_kv_bytes_per_token: int = 0  # an MHA cache with the same heads and head dims, all layers
 
 
 def _component(model: Transformer, module_name: str) -> str:
@@ -75,6 +80,8 @@ def summarize(config: ModelConfig, context: int | None = None, dtype: str = "bf1
         matmul_params=matmul,
         flops_per_token=6 * matmul + attention_flops,
         attention_flops_per_token=attention_flops,
-        kv_bytes_per_token_per_layer=[m.cache_bytes(1, DTYPES[dtype]) for m in mixers],
+        kv_bytes_per_token_per_layer=[m.cache_bytes(1, DTYPES[dtype]) - m.state_bytes(DTYPES[dtype]) for m in mixers],
+        state_bytes_per_layer=[m.state_bytes(DTYPES[dtype]) for m in mixers],
         kv_bytes_total=sum(m.cache_bytes(context, DTYPES[dtype]) for m in mixers),
+        mha_kv_bytes_per_token=sum(m.mha_cache_bytes(1, DTYPES[dtype]) for m in mixers),
     )

@@ -17,11 +17,11 @@ from safetensors.torch import load_file, save_file
 
 from train.model.checkpoint import model_from_state_dict
 from train.model.config import ModelConfig, to_model_config
-from train.model.hf import gpt2, llama, qwen3
+from train.model.hf import deepseek_v3, gpt2, llama, mamba2, qwen3, qwen3_next
 from train.model.hf.weights import from_hf, to_hf
 from train.model.transformer import Transformer
 
-ADAPTERS = (gpt2, llama, qwen3)
+ADAPTERS = (gpt2, llama, qwen3, deepseek_v3, qwen3_next, mamba2)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -71,7 +71,8 @@ def _architecture(config: ModelConfig) -> dict:
         attn["num_kv_heads"] = attn.get("num_kv_heads") or attn.get("num_heads")
         attn["head_dim"] = attn.get("head_dim") or config.dim // attn.get("num_heads", 1)
         arch[f"layer{i}"] = {"mixer": mixer, "ffn": ffn}
-    return _flatten(arch)
+    # the chunk length of a chunked scan changes the schedule, not the function computed
+    return {k: v for k, v in _flatten(arch).items() if not k.endswith(".chunk_size")}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
