@@ -3,6 +3,7 @@
     python -m train.inspect model=llama3 context=8192 dtype=bf16
     python -m train.inspect model=llama3_tiny model.mixers.full.attention.num_kv_heads=1
     python -m train.inspect compare=[gpt2,llama3,qwen3]
+    python -m train.inspect compare=[llama3,deepseek_v3,qwen3_next,mamba2,falcon_h1] context=131072
 
 The numbers come from train.model.inspect.summarize; this file only formats them.
 """
@@ -53,7 +54,9 @@ def rows(s: Summary) -> list[tuple[str, str]]:
         ("  attention scores at T", _count(s.attention_flops_per_token)),
         (f"KV bytes/token/layer ({s.dtype})", " / ".join(_bytes(b) for b in per_layer)),
         ("KV bytes/token (all layers)", _bytes(sum(s.kv_bytes_per_token_per_layer))),
-        (f"KV cache at T ({s.dtype})", _bytes(s.kv_bytes_total)),
+        ("  MHA, same heads (all layers)", _bytes(s.mha_kv_bytes_per_token)),
+        ("fixed state bytes (all layers)", _bytes(sum(s.state_bytes_per_layer))),
+        (f"KV cache + state at T ({s.dtype})", _bytes(s.kv_bytes_total)),
     ]
 
 
@@ -63,7 +66,8 @@ def format_table(names: list[str], summaries: list[Summary]) -> str:
     table = [["", *names]] + [[label, *values] for label, *values in zip(labels, *columns)]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]) for row in table]
-    note = "FLOPs: PaLM convention (Chowdhery et al. 2022, App. B): 6 x matmul params + 12 x layers x heads x head_dim x T."
+    note = ("FLOPs: PaLM convention (Chowdhery et al. 2022, App. B): 6 x matmul params + 12 x layers x heads x head_dim x T\n"
+            "for softmax attention; linear/SSM mixers add a context-independent recurrent-form term.")
     return "\n".join(lines + [note])
 
 
