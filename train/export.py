@@ -2,7 +2,8 @@
 
     python -m train.export checkpoint=<dir> out=<dir>
 
-Writes config.json + model.safetensors for the llama3, qwen3 and gpt2 families, plus the
+Writes config.json + model.safetensors for the llama3, qwen3, gpt2, deepseek_v3 (dense), qwen3_next
+(MoE-free) and mamba2 families, plus the
 tokenizer files found next to the checkpoint (in it, or in its parent directory).
 """
 

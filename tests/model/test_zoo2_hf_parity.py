@@ -3,14 +3,19 @@ attention (Qwen3-Next) and Mamba2: single layers with copied weights, whole mode
 load_model of a save_pretrained directory, and exports loaded back by transformers."""
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, Mamba2Config, Mamba2ForCausalLM, Qwen3NextConfig, Qwen3NextForCausalLM
 
-from train.model import build_model, load_model
-from train.model.hf import export_hf
+from train.model import build_model, load_model, load_preset, save_model
+from train.model.hf import export_hf, hf_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 SMALL = dict(vocab_size=96, hidden_size=64, intermediate_size=96, max_position_embeddings=256, initializer_range=0.1)
 YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 1.0, "mscale_all_dim": 0.8}
@@ -135,6 +140,39 @@ def test_tiny_preset_export_loads_in_transformers_with_same_logits(preset, tmp_p
         torch.testing.assert_close(ref(ids).logits, model(ids), atol=1e-4, rtol=1e-4)
     back = load_model(tmp_path / "hf").config  # and back: the same architecture (init_std is not exported)
     assert dataclasses.replace(back, init_std=model.config.init_std) == model.config
+
+
+@pytest.mark.parametrize("preset", ["deepseek_v3_tiny", "qwen3_next_tiny", "mamba2_tiny"])
+def test_tiny_preset_built_in_transformers_loads_with_same_logits(preset, tmp_path):
+    """The tiny preset's architecture built by transformers (random HF init, vectors perturbed),
+    saved with save_pretrained, read back by load_model."""
+    hf = hf_config(load_preset(preset))
+    torch.manual_seed(0)
+    ref = transformers.AutoModelForCausalLM.from_config(
+        transformers.AutoConfig.for_model(**{**hf, "initializer_range": 0.1}), attn_implementation="eager").eval()
+    with torch.no_grad():
+        for param in ref.parameters():
+            if param.dim() == 1:
+                param.add_(0.1 * torch.randn_like(param))
+    ref.save_pretrained(tmp_path)
+    model = load_model(tmp_path).eval()
+    ids = torch.randint(0, 8192, (2, 40))
+    with torch.no_grad():
+        expected = ref(ids).logits
+        assert expected.std() > 0.1
+        torch.testing.assert_close(model(ids), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_export_cli_for_a_linear_family(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mamba2_tiny", init_std=0.1).eval()
+    save_model(model, tmp_path / "ckpt")
+    subprocess.run([sys.executable, "-m", "train.export", f"checkpoint={tmp_path / 'ckpt'}", f"out={tmp_path / 'hf'}"],
+                   cwd=REPO, check=True, capture_output=True)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, 8192, (1, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(ref(ids).logits, model(ids), atol=1e-4, rtol=1e-4)
 
 
 def test_moe_checkpoints_are_refused(tmp_path):

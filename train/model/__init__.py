@@ -1,4 +1,5 @@
-"""The model zoo: configurable dense transformers (GPT-2, Llama 3, Qwen3 families and mixes).
+"""The model zoo: configurable decoder-only models (GPT-2, Llama 3, Qwen3, DeepSeek-V3 MLA, Qwen3-Next
+Gated DeltaNet hybrids, Mamba2, Falcon-H1-style parallel hybrids, and mixes).
 
     from train.model import build_model, load_model, save_model
     model = build_model("llama3_tiny")        # configs/model/llama3_tiny.yaml, random init

@@ -4,8 +4,9 @@ A model is `num_layers` pre-norm blocks. Each block has a token mixer and a feed
 by name from the `mixers` and `ffns` tables through the per-layer patterns `layer_mixers` and
 `layer_ffns` (cycled to `num_layers`; a list of length `num_layers` names every layer). A mixer or
 feed-forward config has a `kind` (a name in train/model/registry.py) plus an optional sub-config
-per kind, because OmegaConf has no Union types: later kinds (MLA, Mamba2, MoE, ...) add their own
-Optional sub-dataclass next to `attention` / fields next to `hidden_dim`.
+per kind, because OmegaConf has no Union types: `attention`, `mla`, `linear_attention`,
+`gated_deltanet`, `mamba2`, `parallel_hybrid` sit side by side (later kinds such as MoE add theirs);
+a feed-forward of kind `none` drops the FFN sublayer (Mamba2).
 
 The YAML presets in configs/model/ are the one source of truth for sizes; `load_preset` composes
 them with Hydra so `build_model("llama3_tiny")` and `python -m train.inspect model=llama3_tiny`

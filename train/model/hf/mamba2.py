@@ -79,7 +79,7 @@ def config_to_hf(config) -> dict:
         "time_step_min": m.dt_min,
         "time_step_max": m.dt_max,
         "time_step_floor": m.dt_floor,
-        "time_step_limit": [m.dt_limit_min, m.dt_limit_max if m.dt_limit_max != float("inf") else {"__float__": "Infinity"}],
+        "time_step_limit": [m.dt_limit_min, m.dt_limit_max],  # json writes inf as Infinity, which json reads back
         "max_position_embeddings": config.max_seq_len,
         "residual_in_fp32": True,
         "dtype": "float32",
