@@ -1,0 +1,48 @@
+"""Helpers for training tests: run `python -m train` (or elastic torchrun) and read what it wrote."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from launch.local import torchrun_command
+
+PATCHED = str(Path(__file__).parent / "train" / "patched_train.py")
+# Small and fast: the tiny Llama on 64-token windows, a global batch of 8 sequences, fp32 so that runs
+# on different numbers of ranks can be compared tightly.
+FAST = ["model=llama3_tiny", "data.seq_len=64", "trainer.global_batch_size=8", "trainer.micro_batch_size=2",
+        "trainer.log_every=1", "trainer.val_every=0", "trainer.val_samples=8", "parallel.param_dtype=fp32",
+        "optim.warmup_steps=2", "checkpoint.mode=sync"]
+
+
+def run_training(run_dir: Path, data: str, *overrides: str, nproc: int = 1, fault: str = "", max_restarts: int = 0,
+                 check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m train` (one process) or elastic torchrun with `nproc` ranks; `fault` injects a failure."""
+    args = [f"out_dir={run_dir.parent}", f"run_name={run_dir.name}", f"data.path={data}", *FAST, *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT=fault)
+    if nproc == 1 and not max_restarts:
+        command = [sys.executable, PATCHED, *args]
+    else:
+        command = torchrun_command(nproc, max_restarts, "train", args, script=PATCHED)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def metrics(run_dir: Path):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path):
+    return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
+
+
+def consumed_indices(run_dir: Path):
+    """Every sample index any rank trained on, from trainer.record_samples."""
+    found = []
+    for path in sorted((run_dir / "samples").glob("rank_*.jsonl")):
+        for line in path.read_text().splitlines():
+            found.extend(json.loads(line)["indices"])
+    return found

@@ -1,0 +1,112 @@
+"""Typed configuration of the training stages (`python -m train stage=pretrain ...`).
+
+Dataclasses registered in Hydra's ConfigStore, so a misspelled override is an error. The primary
+config is configs/train.yaml; `model=` picks a preset from configs/model/, `stage=` a stage preset
+from configs/stage/. Every run writes to `out_dir/run_name` (never a timestamp), which all ranks and
+restarts share: config.yaml, metrics.jsonl, checkpoints/, wandb/.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from train.model.config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    path: str = "outputs/data/stdlib"  # a folder written by `python -m data`
+    seq_len: int = 256
+    document_masking: bool = True  # attend only within a document of a packed window
+    seed: int = 0  # order of the windows (a seeded permutation per epoch)
+    num_workers: int = 0  # DataLoader worker processes per rank
+    val_split: str = "val"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # on matrices only; norms, biases, embeddings and sinks get none
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
+    warmup_steps: int = 20
+    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly to min_lr
+    implementation: str = "auto"  # auto (fused where supported, else foreach) | fused | foreach | loop
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200
+    global_batch_size: int = 16  # sequences per optimizer step, over all ranks
+    micro_batch_size: int = 8  # sequences per rank per forward; accumulation = global / (micro * dp ranks)
+    seed: int = 0  # weight initialisation
+    loss_chunk_tokens: int = 4096  # cross-entropy chunk: the full [tokens, vocab] logits never exist at once
+    val_every: int = 50  # steps; 0: only at the end
+    val_samples: int = 32  # held-out windows for the validation loss (the same ones at any number of ranks)
+    log_every: int = 10
+    nonfinite: str = "skip"  # skip (drop the step, stop after max_skipped in a row) | stop
+    max_skipped: int = 5
+    deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact restarts
+    record_samples: bool = False  # write each rank's consumed sample indices to samples/rank_N.jsonl
+
+
+@dataclass
+class ParallelConfig:
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    dp_replicate: int = 1  # HSDP: replicas, each sharded over dp_shard ranks
+    dp_shard: int = -1  # -1: world_size / dp_replicate
+    param_dtype: str = "bf16"  # compute dtype of FSDP2's gathered parameters: bf16 | fp32
+    reduce_dtype: str = "fp32"  # gradient reduction dtype
+    activation_checkpointing: str = "none"  # none | selective (every other block) | full
+    compile: bool = False  # torch.compile each block
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # steps between saves (and always at the end); 0: only at the end
+    keep: int = 2  # complete checkpoints kept
+    mode: str = "async"  # sync | async (thread) | async_process (a saver process)
+    resume: bool = True  # resume from the latest complete checkpoint in the run folder
+    init_from: Optional[str] = None  # initial weights: a checkpoint of this project or a Hugging Face folder
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # online | offline | disabled
+    project: str = "llm-blocks"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    peak_tflops: Optional[float] = None  # per device, for MFU; None: known GPUs by name, measured on CPU
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "pretrain"
+    run_name: str = "pretrain"
+    out_dir: str = "outputs/runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.run_name
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,80 @@
+"""Process group, device and device mesh: the one place that knows about ranks.
+
+Every run has a process group, also a single process (world size 1), so there is one code path
+from a laptop to a cluster: `torchrun` sets RANK/WORLD_SIZE/MASTER_ADDR, a plain `python -m train`
+gets a one-rank group on a free local port. The device comes from the config or the environment
+(CUDA when available), never from a hard-coded string; CPU uses gloo, CUDA uses NCCL (with gloo
+beside it for CPU tensors).
+"""
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from train.config import ParallelConfig
+
+
+@dataclass
+class World:
+    rank: int
+    local_rank: int
+    size: int
+    device: torch.device
+    mesh: DeviceMesh  # 2-D ("dp_replicate", "dp_shard") data-parallel mesh
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(config: ParallelConfig, local_rank: int) -> torch.device:
+    kind = config.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(kind)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_world(config: ParallelConfig) -> World:
+    if "RANK" not in os.environ:  # not under torchrun: a group of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    rank, local_rank, size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    device = pick_device(config, local_rank)
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+    replicate = config.dp_replicate
+    shard = config.dp_shard if config.dp_shard > 0 else size // replicate
+    if replicate * shard != size:
+        raise ValueError(
+            f"parallel.dp_replicate={replicate} x parallel.dp_shard={shard} != world size {size}; "
+            "set dp_shard=-1 to use the remaining ranks"
+        )
+    mesh = init_device_mesh(device.type, (replicate, shard), mesh_dim_names=("dp_replicate", "dp_shard"))
+    return World(rank, local_rank, size, device, mesh)
+
+
+def close_world() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum over all ranks (a copy; the input is left alone)."""
+    value = value.clone()
+    dist.all_reduce(value)
+    return value

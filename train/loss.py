@@ -1,0 +1,56 @@
+"""Cross-entropy over a large vocabulary without materialising all logits at once.
+
+The output projection and the loss are fused and run in chunks of tokens: for each chunk the logits
+[n, V] are computed (upcast to fp32), reduced to the loss, and turned at once into that chunk's
+gradients, since d(CE)/d(logits) = softmax - onehot is known in the forward pass (the "fused linear
+cross-entropy" of Liger-Kernel, arXiv 2410.10989). Backward only scales the stored gradients, so
+the matmul count equals the unfused version's while peak memory drops from N*V to chunk*V floats.
+"""
+
+import torch
+
+IGNORE = -100  # target id that contributes no loss (padding, prompt tokens in SFT)
+
+
+def _chunk_loss(hidden_nD, weight_VD, targets_n):
+    logits_nV = (hidden_nD @ weight_VD.T).float()
+    lse_n = logits_nV.logsumexp(dim=-1)
+    valid_n = targets_n != IGNORE
+    safe_n = targets_n.clamp(min=0)
+    target_logit_n = logits_nV.gather(1, safe_n[:, None])[:, 0]
+    return logits_nV, lse_n, valid_n, safe_n, ((lse_n - target_logit_n) * valid_n).sum()
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden_ND, weight_VD, targets_N, chunk_tokens: int):
+        grad_hidden_ND = torch.empty_like(hidden_ND)
+        grad_weight_VD = torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden_ND.device)
+        for start in range(0, hidden_ND.shape[0], chunk_tokens):
+            hidden_nD = hidden_ND[start : start + chunk_tokens]
+            logits_nV, lse_n, valid_n, safe_n, loss = _chunk_loss(hidden_nD, weight_VD, targets_N[start : start + chunk_tokens])
+            total += loss
+            grad_nV = logits_nV.sub_(lse_n[:, None]).exp_()  # softmax, in place of the logits
+            grad_nV[torch.arange(len(safe_n), device=grad_nV.device), safe_n] -= 1.0
+            grad_nV.mul_(valid_n[:, None])
+            grad_nV = grad_nV.to(hidden_ND.dtype)
+            grad_hidden_ND[start : start + chunk_tokens] = grad_nV @ weight_VD
+            grad_weight_VD += (grad_nV.T @ hidden_nD).float()
+        ctx.save_for_backward(grad_hidden_ND, grad_weight_VD.to(weight_VD.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden_ND, grad_weight_VD = ctx.saved_tensors
+        return grad_hidden_ND * grad_total.to(grad_hidden_ND.dtype), grad_weight_VD * grad_total.to(grad_weight_VD.dtype), None, None
+
+
+def cross_entropy_sum(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """Sum over tokens (targets != IGNORE) of -log softmax(hidden @ weight^T)[target], in fp32."""
+    if torch.is_grad_enabled() and (hidden_ND.requires_grad or weight_VD.requires_grad):
+        return FusedLinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N, chunk_tokens)
+    total = torch.zeros((), dtype=torch.float32, device=hidden_ND.device)
+    for start in range(0, hidden_ND.shape[0], chunk_tokens):
+        total += _chunk_loss(hidden_ND[start : start + chunk_tokens], weight_VD, targets_N[start : start + chunk_tokens])[-1]
+    return total

@@ -1,0 +1,130 @@
+"""Training metrics: the console line, `metrics.jsonl` in the run folder, and Weights & Biases.
+
+Only rank 0 writes. After a restart, records past the resumed step are dropped from metrics.jsonl and
+the same W&B run is resumed (its id is kept in the run folder), so steps stay aligned.
+MFU = achieved model FLOP/s / peak FLOP/s, with the model's training FLOPs per token from the
+inspector (train/model/inspect.py) and the peak from config, a table of known GPUs, or (on CPU) a
+short matmul measurement.
+"""
+
+import json
+import os
+import resource
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from train.config import LoggingConfig
+
+# Dense bf16 tensor-core peaks per GPU, TFLOP/s (vendor datasheets, without sparsity).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def measure_cpu_tflops(dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """The matmul FLOP/s this CPU reaches (used as its 'peak': MFU on CPU is relative to what matmul can do)."""
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm up
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - started) / 1e12
+
+
+def peak_tflops(config: LoggingConfig, device: torch.device, dtype: torch.dtype) -> float:
+    if config.peak_tflops:
+        return config.peak_tflops
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in PEAK_TFLOPS.items():
+            if key in name:
+                return value if dtype == torch.bfloat16 else value / 2  # tf32 is half the bf16 rate
+        return float("nan")
+    return measure_cpu_tflops(dtype)
+
+
+def memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, config: LoggingConfig, resolved_config: Dict[str, object], resume_step: int,
+                 enabled: bool, stage: str):
+        self.enabled, self.path = enabled, run_dir / "metrics.jsonl"
+        self.wandb = None
+        if not enabled:
+            return
+        if self.path.exists():  # drop what a crashed attempt logged after the checkpoint we resume from
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        if config.wandb.mode != "disabled":
+            self.wandb = start_wandb(run_dir, config, resolved_config, stage)
+
+    def log(self, record: Dict[str, object]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """One id per run folder, created once and reused by every restart and requeue."""
+    path = run_dir / "wandb_run_id"
+    if not path.exists():
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(uuid.uuid4().hex[:12])
+        tmp.rename(path)
+    return path.read_text().strip()
+
+
+def start_wandb(run_dir: Path, config: LoggingConfig, resolved_config: Dict[str, object], stage: str):
+    import wandb
+
+    settings = config.wandb
+    if settings.mode not in ("online", "offline"):
+        raise ValueError(f"logging.wandb.mode={settings.mode!r}; use online, offline or disabled")
+    return wandb.init(
+        project=settings.project, entity=settings.entity, group=settings.group, tags=list(settings.tags),
+        name=f"{run_dir.name}", job_type=stage, id=wandb_run_id(run_dir), resume="allow",
+        mode=settings.mode, dir=str(run_dir), config=resolved_config,
+    )
+
+
+def format_line(record: Dict[str, object], max_steps: int) -> str:
+    parts = [f"step {record['step']:>5}/{max_steps}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}",
+             f"grad {record['grad_norm']:.3f}", f"{record['tokens_per_s']:,.0f} tok/s",
+             f"MFU {100 * record['mfu']:.1f}%", f"mem {record['memory_gb']:.2f} GB"]
+    return " | ".join(parts)
+
+
+class Throughput:
+    """Tokens/s and MFU over the interval since the last reading."""
+
+    def __init__(self, flops_per_token: float, peak_tflops: float, devices: int):
+        self.flops_per_token, self.peak, self.devices = flops_per_token, peak_tflops * 1e12, devices
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens, self.started = 0, time.perf_counter()
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def read(self) -> Optional[tuple]:
+        seconds = time.perf_counter() - self.started
+        rate = self.tokens / seconds if seconds > 0 else 0.0
+        mfu = rate * self.flops_per_token / (self.peak * self.devices)
+        self.reset()
+        return rate, mfu

@@ -1,0 +1,251 @@
+"""The training loop: one Trainer owns model, optimizer, data stream, checkpoints and metrics.
+
+    Trainer(config).train()
+
+Each optimizer step reads `accum` micro-batches per rank (the global batch is fixed; the accumulation
+adapts to the number of ranks), normalises the summed token losses by the global number of target
+tokens (so 1 rank and N ranks compute the same loss and gradients), clips the global gradient norm,
+and steps AdamW and the schedule. Checkpoints are saved every `checkpoint.every` steps, at the end,
+and when SIGTERM/SIGUSR1 asks the run to stop (preemption): the current step finishes, a checkpoint
+is written, and the process exits cleanly. A restarted run resumes from the latest complete one.
+"""
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.tensor import DTensor
+
+from data.reader import PreparedData
+from train.checkpoint import Checkpointer, latest_complete
+from train.config import TrainConfig
+from train.data_loader import check_batch_sizes, to_batch, train_loader, validation_batches
+from train.distributed import World, all_reduce_sum, init_world
+from train.loss import IGNORE, cross_entropy_sum
+from train.metrics import MetricsLogger, Throughput, format_line, memory_gb, peak_tflops
+from train.model import load_model
+from train.model.inspect import summarize
+from train.model.transformer import Transformer
+from train.optim import build_optimizer, build_scheduler
+from train.parallelize import DTYPES, parallelize
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def initial_state_dict(config: TrainConfig) -> Dict[str, torch.Tensor]:
+    """Full weights to start from, built on rank 0 only: a checkpoint/HF folder, or a seeded random init."""
+    if config.checkpoint.init_from:
+        return load_model(config.checkpoint.init_from).state_dict()
+    torch.manual_seed(config.trainer.seed)
+    return Transformer(config.model).state_dict()
+
+
+def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+    """Global L2 norm of all gradients (over every shard of every rank), clipped when max_norm > 0."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if isinstance(norm, DTensor):  # partial per-shard norms -> the full norm, reduced over the mesh
+        norm = norm.full_tensor()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm, foreach=True)
+    return norm
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.world: World = init_world(config.parallel)
+        if config.trainer.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.run_dir = config.run_dir
+        self.check_data()
+        self.dp_ranks = self.world.size
+        self.accum = check_batch_sizes(config.trainer.global_batch_size, config.trainer.micro_batch_size, self.dp_ranks)
+
+        self.model = self.build_model()
+        self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.max_steps)
+        self.step, self.samples_consumed, self.tokens_seen, self.skipped_in_a_row = 0, 0, 0, 0
+
+        self.checkpointer = Checkpointer(self.run_dir, config.checkpoint, self.world.rank)
+        self.checkpointer.remove_incomplete()
+        latest = latest_complete(self.checkpointer.root) if config.checkpoint.resume else None
+        if latest is not None:
+            state = self.checkpointer.load(latest, self.model, self.optimizer)
+            self.step, self.samples_consumed, self.tokens_seen = state["step"], state["samples_consumed"], state["tokens_seen"]
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.say(f"resumed from {latest} (step {self.step}, {self.samples_consumed:,} samples consumed)")
+        self.checkpointer.last_saved_step = self.step if latest is not None else None
+
+        resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+        self.metrics = MetricsLogger(self.run_dir, config.logging, resolved, self.step, self.world.is_main, config.stage)
+        summary = summarize(config.model, context=config.data.seq_len, dtype=config.parallel.param_dtype)
+        peak = peak_tflops(config.logging, self.world.device, DTYPES[config.parallel.param_dtype])
+        self.throughput = Throughput(summary.flops_per_token, peak, self.world.size)
+        self.stop_requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self.request_stop)
+
+    # --- set-up -----------------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        if self.world.is_main:
+            print(message, flush=True)
+
+    def check_data(self) -> None:
+        data = PreparedData(self.config.data.path)
+        if data.vocab_size > self.config.model.vocab_size:
+            raise ValueError(
+                f"the tokenizer of {self.config.data.path} has {data.vocab_size} tokens but model.vocab_size="
+                f"{self.config.model.vocab_size}; set model.vocab_size={data.vocab_size} or more"
+            )
+
+    def build_model(self) -> torch.nn.Module:
+        """Build on the meta device, shard, allocate on the real device, then broadcast rank 0's weights."""
+        with torch.device("meta"):
+            model = Transformer(self.config.model)
+        model = parallelize(model, self.config.parallel, self.world)
+        model.to_empty(device=self.world.device)
+        full = initial_state_dict(self.config) if self.world.is_main else {}
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        return model
+
+    def request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+        self.say(f"received {signal.Signals(signum).name}: finishing this step, then checkpointing and exiting")
+
+    def agreed_to_stop(self) -> bool:
+        flag = torch.tensor([float(self.stop_requested)], device=self.world.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def loss_sum(self, batch) -> tuple[torch.Tensor, int]:
+        hidden_BTD = self.model.hidden_states(batch.inputs_BT, batch.doc_ids_BT)
+        targets = batch.targets_BT.reshape(-1)
+        loss = cross_entropy_sum(hidden_BTD.flatten(0, 1), self.model.output_weight(), targets,
+                                 self.config.trainer.loss_chunk_tokens)
+        return loss, int((targets != IGNORE).sum())
+
+    def train_step(self, micro_batches) -> Optional[Dict[str, float]]:
+        device = self.world.device
+        targets = sum(int((b.targets_BT != IGNORE).sum()) for b in micro_batches)
+        global_targets = all_reduce_sum(torch.tensor(float(targets), device=device)).item()
+        # FSDP averages gradients over the dp ranks, so scale each rank's sum by ranks / global tokens.
+        scale = self.dp_ranks / global_targets
+        total = torch.zeros((), device=device)
+        for batch in micro_batches:
+            loss, _ = self.loss_sum(batch)
+            (loss * scale).backward()
+            total += loss.detach()
+        loss = (all_reduce_sum(total) / global_targets).item()
+        grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip).item()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self.handle_nonfinite(loss, grad_norm)
+        self.skipped_in_a_row = 0
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss, "grad_norm": grad_norm, "lr": lr}
+
+    def handle_nonfinite(self, loss: float, grad_norm: float) -> None:
+        self.skipped_in_a_row += 1
+        what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {self.step + 1} " \
+               f"(loss {loss}, grad norm {grad_norm})"
+        if self.config.trainer.nonfinite == "stop" or self.skipped_in_a_row > self.config.trainer.max_skipped:
+            raise NonFiniteLoss(
+                f"{what}; stopping (trainer.nonfinite={self.config.trainer.nonfinite}, "
+                f"{self.skipped_in_a_row} in a row). Lower optim.lr, raise optim.warmup_steps, or check the data"
+            )
+        self.say(f"warning: {what}; the step is skipped ({self.skipped_in_a_row} in a row)")
+        return None
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.model.eval()
+        total = torch.zeros((), device=self.world.device)
+        count = torch.zeros((), device=self.world.device)
+        cfg = self.config
+        for raw in validation_batches(cfg.data, cfg.trainer.micro_batch_size, cfg.trainer.val_samples,
+                                      self.world.rank, self.world.size):
+            loss, n = self.loss_sum(to_batch(raw, self.world.device, cfg.data.document_masking))
+            total += loss
+            count += n
+        self.model.train()
+        return (all_reduce_sum(total) / all_reduce_sum(count)).item()
+
+    def save(self) -> None:
+        if self.checkpointer.last_saved_step == self.step:
+            return
+        state = {"step": self.step, "samples_consumed": self.samples_consumed, "tokens_seen": self.tokens_seen,
+                 "scheduler": self.scheduler.state_dict(), "world_size": self.world.size}
+        self.checkpointer.save(self.step, self.model, self.optimizer, state)
+
+    def record_samples(self, micro_batches) -> None:
+        path = self.run_dir / "samples" / f"rank_{self.world.rank}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        indices = [i for b in micro_batches for i in b.indices_B.tolist()]
+        with open(path, "a") as f:
+            f.write(f'{{"step": {self.step + 1}, "indices": {indices}}}\n')
+
+    def train(self) -> Dict[str, float]:
+        cfg = self.config
+        trainer, max_steps = cfg.trainer, cfg.trainer.max_steps
+        loader = iter(train_loader(cfg.data, self.samples_consumed, trainer.global_batch_size, trainer.micro_batch_size,
+                                   self.world.rank, self.world.size))
+        tokens_per_step = trainer.global_batch_size * cfg.data.seq_len
+        self.say(f"training {cfg.stage} in {self.run_dir}: {self.world.size} rank(s) on {self.world.device.type}, "
+                 f"{self.accum} micro-batch(es) of {trainer.micro_batch_size} per rank per step, "
+                 f"{tokens_per_step:,} tokens per step")
+        last: Dict[str, float] = {}
+        self.model.train()
+        self.throughput.reset()
+        while self.step < max_steps:
+            micro_batches = [to_batch(next(loader), self.world.device, cfg.data.document_masking) for _ in range(self.accum)]
+            if trainer.record_samples:
+                self.record_samples(micro_batches)
+            result = self.train_step(micro_batches)
+            self.samples_consumed += trainer.global_batch_size
+            self.throughput.add(tokens_per_step)
+            if result is not None:
+                self.step += 1
+                self.tokens_seen += tokens_per_step
+                last = result
+                if self.step % trainer.log_every == 0 or self.step == max_steps:
+                    rate, mfu = self.throughput.read()
+                    record = {"step": self.step, **result, "tokens_per_s": rate, "mfu": mfu,
+                              "tokens_seen": self.tokens_seen, "memory_gb": memory_gb(self.world.device)}
+                    self.metrics.log(record)
+                    self.say(format_line(record, max_steps))
+                if (trainer.val_every and self.step % trainer.val_every == 0) or self.step == max_steps:
+                    last["val_loss"] = self.validate()
+                    self.metrics.log({"step": self.step, "val_loss": last["val_loss"]})
+                    self.say(f"step {self.step:>5}/{max_steps} | val loss {last['val_loss']:.4f}")
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                    self.save()
+            if self.agreed_to_stop():
+                self.save()
+                self.say(f"stopped at step {self.step} on request; checkpoint saved")
+                break
+        if self.step >= max_steps:
+            self.save()
+        self.checkpointer.wait()
+        return last
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.metrics.close()
