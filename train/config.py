@@ -61,6 +61,7 @@ class ParallelConfig:
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     dp_replicate: int = 1  # HSDP: replicas, each sharded over dp_shard ranks
     dp_shard: int = -1  # -1: world_size / dp_replicate
+    ep: int = 1  # expert parallelism: ranks an MoE layer's experts are spread over; must divide the dp size
     param_dtype: str = "bf16"  # compute dtype of FSDP2's gathered parameters: bf16 | fp32
     reduce_dtype: str = "fp32"  # gradient reduction dtype
     activation_checkpointing: str = "none"  # none | selective (every other block) | full
