@@ -71,4 +71,8 @@ def model_from_state_dict(config: ModelConfig, state_dict: dict[str, torch.Tenso
     with torch.device("meta"):
         model = Transformer(config)
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True, assign=True)
+    for module in model.modules():  # non-persistent buffers (MoE load counters) start at zero
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_meta:
+                setattr(module, name, torch.zeros_like(buffer, device="cpu"))
     return model

@@ -5,8 +5,9 @@ by name from the `mixers` and `ffns` tables through the per-layer patterns `laye
 `layer_ffns` (cycled to `num_layers`; a list of length `num_layers` names every layer). A mixer or
 feed-forward config has a `kind` (a name in train/model/registry.py) plus an optional sub-config
 per kind, because OmegaConf has no Union types: `attention`, `mla`, `linear_attention`,
-`gated_deltanet`, `mamba2`, `parallel_hybrid` sit side by side (later kinds such as MoE add theirs);
-a feed-forward of kind `none` drops the FFN sublayer (Mamba2).
+`gated_deltanet`, `mamba2`, `parallel_hybrid` sit side by side, and a feed-forward of kind `moe` has
+its `moe` section; a feed-forward of kind `none` drops the FFN sublayer (Mamba2). `shortcut_moe`
+names an MoE feed-forward that LongCat-Flash runs beside each pair of sublayers.
 
 The YAML presets in configs/model/ are the one source of truth for sizes; `load_preset` composes
 them with Hydra so `build_model("llama3_tiny")` and `python -m train.inspect model=llama3_tiny`
@@ -81,6 +82,7 @@ class MLAConfig:
     qk_nope_head_dim: int = 128  # per-head key/query dims without position
     qk_rope_head_dim: int = 64  # rotary dims (one shared rope key per token)
     v_head_dim: int = 128
+    lora_scale: bool = False  # LongCat-Flash: q *= sqrt(dim / q_lora_rank), normed latent *= sqrt(dim / kv_lora_rank)
     latent_norm_eps: float = 1e-6  # the RMSNorms of the q and kv latents (DeepSeek uses 1e-6 there)
     bias: bool = False  # biases of the down-projections q_a/kv_a and of o_proj (attention_bias)
 
@@ -150,11 +152,54 @@ class MixerConfig:
 
 
 @dataclass
+class RouterConfig:
+    """Top-k token-choice routing (train/model/moe/router.py). `kind` picks the scores:
+    softmax (Qwen3-MoE, Mixtral, LongCat-Flash), sigmoid (DeepSeek-V3, arXiv 2412.19437 eq. 13-16),
+    topk_softmax (GPT-OSS: top-k on the logits, then a softmax over the k chosen)."""
+
+    kind: str = "softmax"  # softmax | sigmoid | topk_softmax
+    top_k: int = 2
+    renormalize: bool = True  # divide the chosen weights by their sum (norm_topk_prob); topk_softmax always does
+    scaling_factor: float = 1.0  # routed_scaling_factor: multiplies the chosen weights
+    num_groups: int = 1  # n_group: experts split into groups, each scored by the sum of its top-2 scores
+    topk_groups: int = 1  # topk_group: tokens pick experts only inside their best topk_groups groups
+    bias: bool = False  # a learned bias on the router logits (GPT-OSS)
+    # Auxiliary-loss-free balancing (DeepSeek-V3 sec. 2.1.2, Wang et al. arXiv 2408.15664): a bias added
+    # to the scores for the top-k choice only, moved by bias_update_speed * sign(mean load - load) once
+    # per optimizer step (Transformer.update_router_bias).
+    score_correction_bias: bool = False
+    bias_update_speed: float = 0.0  # gamma (DeepSeek-V3: 0.001)
+    aux_loss_coef: float = 0.0  # load-balancing loss alpha (Switch Transformer arXiv 2101.03961 eq. 4)
+    aux_loss_kind: str = "global_batch"  # global_batch | sequence (DeepSeek-V3 eq. 17-20)
+    z_loss_coef: float = 0.0  # router z-loss (ST-MoE arXiv 2202.08906 eq. 5)
+
+
+@dataclass
+class MoEConfig:
+    """Mixture of experts (train/model/moe/). Routed experts are GLU feed-forwards of `hidden_dim`
+    (the FFNConfig's activation) stored as [E, ...] tensors; zero-computation experts return their input
+    (LongCat-Flash, arXiv 2509.01322 sec. 2.2); a shared expert of `shared_hidden_dim` sees every token
+    (DeepSeekMoE arXiv 2401.06066), optionally scaled by sigmoid(w . x) (Qwen2-MoE, Qwen3-Next)."""
+
+    num_experts: int = 8  # routed experts E
+    hidden_dim: int = 256  # F of one routed expert
+    num_zero_experts: int = 0  # Z identity experts, indices E .. E+Z-1 in the router
+    shared_hidden_dim: int = 0  # 0: no shared expert; DeepSeek: n_shared_experts * hidden_dim
+    shared_gate: bool = False
+    bias: bool = False  # routed expert biases (GPT-OSS)
+    swiglu_limit: Optional[float] = None  # GPT-OSS clamped SwiGLU: (clamp(up) + 1) * g * sigmoid(alpha g), g = min(gate, limit)
+    swiglu_alpha: float = 1.702
+    grouped_mm: bool = True  # torch._grouped_mm where available; False: a loop over the experts' sorted token slices
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+
+@dataclass
 class FFNConfig:
-    kind: str = "glu"  # mlp | glu | none (no feed-forward sublayer: Mamba2 blocks are norm + mixer only)
+    kind: str = "glu"  # mlp | glu | moe | none (no feed-forward sublayer: Mamba2 blocks are norm + mixer only)
     hidden_dim: int = 1024
     activation: str = "silu"  # glu+silu = SwiGLU, glu+gelu = GEGLU, glu+relu = ReGLU, glu+sigmoid = GLU
     bias: bool = False
+    moe: Optional[MoEConfig] = None  # kind == moe
 
 
 @dataclass
@@ -172,6 +217,14 @@ class ModelConfig:
     ffns: Dict[str, FFNConfig] = field(default_factory=dict)
     layer_mixers: List[str] = field(default_factory=list)
     layer_ffns: List[str] = field(default_factory=list)
+    # LongCat-Flash shortcut-connected MoE (arXiv 2509.01322 sec. 2.1): a name in `ffns`. Each of the
+    # num_layers layers is then two pre-norm sublayer pairs (mixers/ffns 2i and 2i+1) plus this MoE,
+    # which reads the normed FFN input of the first pair and is added after the second.
+    shortcut_moe: Optional[str] = None
+
+    def num_sublayers(self) -> int:
+        """Mixer + feed-forward pairs: num_layers, or two per layer with a shortcut MoE."""
+        return self.num_layers * (2 if self.shortcut_moe else 1)
 
     def layer_mixer(self, layer: int) -> MixerConfig:
         return self.mixers[self.layer_mixers[layer % len(self.layer_mixers)]]

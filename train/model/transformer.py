@@ -4,15 +4,25 @@
 `hidden_states(...)` and `output_weight()` instead, since forward = hidden_states @ output_weight^T.
 `doc_ids` [B, T] marks the document of each token in a packed window: attention stays inside a
 document and positions restart at 0 at each document start.
+
+Mixture-of-experts protocol for the trainer (no ranks, devices or logging here):
+    aux_loss()                 scalar: sum over MoE layers of the last forward's balancing + z-losses,
+                               already multiplied by their coefficients (zero without MoE); add it to the loss
+    expert_loads()             per MoE layer, [E + 1] choices per routed expert and of zero experts,
+                               accumulated over the forwards since reset_expert_loads()
+    update_router_bias(loads)  the aux-loss-free bias step from GLOBAL loads (all-reduced over data
+                               parallel ranks), once per optimizer step; then reset_expert_loads()
+    moe_layer_ids()            the layer index of each entry of expert_loads() (for moe_metrics)
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.model.block import Block
+from train.model.block import Block, ShortcutMoEBlock
 from train.model.config import ModelConfig
 from train.model.kv_cache import KVCache
+from train.model.moe.layer import MoE
 from train.model.norm import GatedRMSNorm, LayerNorm, RMSNorm, build_norm
 from train.model.position import build_additive_position
 
@@ -32,6 +42,8 @@ def document_positions(doc_ids_BT: torch.Tensor) -> torch.Tensor:
 
 
 def check_layer_patterns(config: ModelConfig) -> None:
+    if config.shortcut_moe is not None and config.ffns.get(config.shortcut_moe, None) is None:
+        raise ValueError(f"model.shortcut_moe={config.shortcut_moe!r} is not in model.ffns {sorted(config.ffns)}")
     for pattern, table in (("layer_mixers", "mixers"), ("layer_ffns", "ffns")):
         names, known = getattr(config, pattern), getattr(config, table)
         if not names:
@@ -48,7 +60,8 @@ class Transformer(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.dim)
         self.position = build_additive_position(config.position, config.dim, config.max_seq_len)
-        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        block = Block if config.shortcut_moe is None else ShortcutMoEBlock
+        self.layers = nn.ModuleList(block(config, i) for i in range(config.num_layers))
         self.final_norm = build_norm(config.norm, config.dim)
         self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
         self.init_weights()
@@ -85,7 +98,7 @@ class Transformer(nn.Module):
         (`reset_extra_parameters`: SSM decays, time steps, convolutions). Covers every parameter, so a model built on the meta device can be materialised with
         `to_empty(device=...)` followed by `init_weights()`."""
         std = self.config.init_std
-        residual_std = std / (2 * self.config.num_layers) ** 0.5
+        residual_std = std / (2 * self.config.num_sublayers()) ** 0.5
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=residual_std if name.endswith(RESIDUAL_PROJECTIONS) else std)
@@ -102,3 +115,25 @@ class Transformer(nn.Module):
         nn.init.normal_(self.embed.weight, std=std)
         if self.position is not None and hasattr(self.position, "weight"):
             nn.init.normal_(self.position.weight, std=std)
+
+    def moe_layers(self) -> list[MoE]:
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    def moe_layer_ids(self) -> list[int]:
+        return [i for i, layer in enumerate(self.layers) for m in layer.modules() if isinstance(m, MoE)]
+
+    def aux_loss(self) -> torch.Tensor:
+        losses = [m.aux_loss for m in self.moe_layers()]
+        return torch.stack(losses).sum() if losses else self.embed.weight.new_zeros(())
+
+    def expert_loads(self) -> list[torch.Tensor]:
+        return [m.loads() for m in self.moe_layers()]
+
+    def reset_expert_loads(self) -> None:
+        for m in self.moe_layers():
+            m.reset_loads()
+
+    @torch.no_grad()
+    def update_router_bias(self, loads: list[torch.Tensor]) -> None:
+        for m, load in zip(self.moe_layers(), loads, strict=True):
+            m.update_bias(load)

@@ -1,0 +1,76 @@
+"""Routed experts as 3-D weights, run on tokens already sorted by expert.
+
+Each expert is a GLU feed-forward (Shazeer 2020) down(act(gate(x)) * up(x)) with w1 (gate) [E, F, D],
+w3 (up) [E, F, D] and w2 (down) [E, D, F], laid out as nn.Linear weights so that a Hugging Face
+per-expert checkpoint stacks into them. With `swiglu_limit` the GLU is GPT-OSS's clamped SwiGLU
+(transformers' GptOssExperts._apply_gate): g = min(gate, limit), u = clamp(up, -limit, limit),
+(u + 1) * g * sigmoid(alpha * g).
+
+The input is the routed (token, expert) pairs sorted by expert with `counts_E` rows per expert. The
+three matmuls are grouped matmuls (`torch._grouped_mm`, one kernel over all experts, FACTS: works on
+CPU in fp32 and bf16) or, without it, one matmul per expert over its contiguous slice: either way the
+work is proportional to the routed tokens, never all experts x all tokens. Expert parallelism keeps
+only some experts here (`num_experts` is then the local count) and feeds them the tokens it received.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.model.ffn.activation import get_activation
+
+
+def grouped_mm_available(x: torch.Tensor) -> bool:
+    """torch._grouped_mm runs on CPU (fp32, bf16) and on CUDA in bf16."""
+    return hasattr(torch, "_grouped_mm") and (x.device.type == "cpu" or x.dtype == torch.bfloat16)
+
+
+def grouped_linear(x_ND: torch.Tensor, w_EOD: torch.Tensor, counts_E: torch.Tensor, grouped: bool) -> torch.Tensor:
+    """Rows of expert e (a contiguous slice, counts_E[e] long) times w_EOD[e]^T: [N, O]."""
+    if grouped and grouped_mm_available(x_ND):
+        out_NO = torch._grouped_mm(x_ND, w_EOD.transpose(-2, -1), offs=counts_E.cumsum(0).to(torch.int32))
+        if out_NO.requires_grad:  # its backward rejects the stride-0 gradients of e.g. a sum
+            out_NO.register_hook(torch.Tensor.contiguous)
+        return out_NO
+    slices = x_ND.split(counts_E.tolist())
+    return torch.cat([F.linear(x_nD, w_EOD[e]) for e, x_nD in enumerate(slices)]) if slices else x_ND.new_zeros(0, w_EOD.shape[1])
+
+
+class RoutedExperts(nn.Module):
+    def __init__(self, num_experts: int, dim: int, hidden_dim: int, activation: str, bias: bool,
+                 swiglu_limit: float | None, swiglu_alpha: float, grouped_mm: bool, init_std: float, residual_std: float):
+        super().__init__()
+        E, D, F_ = num_experts, dim, hidden_dim
+        self.num_experts, self.grouped_mm = num_experts, grouped_mm
+        self.activation = get_activation(activation)
+        self.swiglu_limit, self.swiglu_alpha = swiglu_limit, swiglu_alpha
+        self.w1_EFD = nn.Parameter(torch.empty(E, F_, D))
+        self.w3_EFD = nn.Parameter(torch.empty(E, F_, D))
+        self.w2_EDF = nn.Parameter(torch.empty(E, D, F_))
+        self.b1_EF = nn.Parameter(torch.empty(E, F_)) if bias else None
+        self.b3_EF = nn.Parameter(torch.empty(E, F_)) if bias else None
+        self.b2_ED = nn.Parameter(torch.empty(E, D)) if bias else None
+        self.init_std, self.residual_std = init_std, residual_std
+
+    def reset_extra_parameters(self) -> None:
+        """Normal(init_std) for w1/w3, the residual std for w2 (like down_proj), zero biases."""
+        for w, std in ((self.w1_EFD, self.init_std), (self.w3_EFD, self.init_std), (self.w2_EDF, self.residual_std)):
+            nn.init.normal_(w, std=std)
+        for b in (self.b1_EF, self.b3_EF, self.b2_ED):
+            if b is not None:
+                nn.init.zeros_(b)
+
+    def _bias(self, b_EO: torch.Tensor | None, counts_E: torch.Tensor, n: int) -> torch.Tensor | int:
+        return 0 if b_EO is None else b_EO.repeat_interleave(counts_E, dim=0, output_size=n)
+
+    def forward(self, x_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+        """x_ND: N routed rows sorted by expert, counts_E[e] of them for expert e."""
+        N = x_ND.shape[0]
+        gate_NF = grouped_linear(x_ND, self.w1_EFD, counts_E, self.grouped_mm) + self._bias(self.b1_EF, counts_E, N)
+        up_NF = grouped_linear(x_ND, self.w3_EFD, counts_E, self.grouped_mm) + self._bias(self.b3_EF, counts_E, N)
+        if self.swiglu_limit is None:
+            h_NF = self.activation(gate_NF) * up_NF
+        else:
+            gate_NF = gate_NF.clamp(max=self.swiglu_limit)
+            h_NF = (up_NF.clamp(-self.swiglu_limit, self.swiglu_limit) + 1) * gate_NF * torch.sigmoid(self.swiglu_alpha * gate_NF)
+        return grouped_linear(h_NF, self.w2_EDF, counts_E, self.grouped_mm) + self._bias(self.b2_ED, counts_E, N)

@@ -1,0 +1,92 @@
+"""The mixture-of-experts feed-forward (kind `moe`): router, routed experts, zero-computation experts,
+shared expert.
+
+    y = sum_{k: e_k < E} w_k expert_{e_k}(x)        routed experts (GShard/Switch top-k routing)
+      + sum_{k: e_k >= E} w_k x                     zero-computation experts (LongCat-Flash, arXiv 2509.01322 eq. 2)
+      + [sigmoid(g . x)] shared(x)                  shared expert (DeepSeekMoE arXiv 2401.06066; gate: Qwen2-MoE)
+
+Dispatch: the (token, choice) pairs are sorted by expert; zero experts have the highest indices, so
+their pairs sort last and are cut off before any expert runs (they cost no FLOPs and, under expert
+parallelism, never leave the rank). The routed pairs go through `self.dispatch(x_ND, counts_E,
+experts)`, which runs the local experts; train/expert_parallel.py swaps in an all-to-all dispatch.
+
+Bookkeeping for the trainer (see Transformer.aux_loss / expert_loads / update_router_bias):
+`aux_loss` holds the router's balancing + z-loss of the last forward; `choice_counts` [E + Z]
+accumulates how often each expert was chosen since `reset_loads()` (a non-persistent buffer, not
+counted again when activation checkpointing recomputes the forward inside backward).
+"""
+
+import torch
+from torch import nn
+
+from train.model.config import FFNConfig, ModelConfig
+from train.model.ffn.glu import GLU
+from train.model.moe.experts import RoutedExperts
+from train.model.moe.router import Router
+from train.model.registry import register_ffn
+
+
+def local_dispatch(x_ND: torch.Tensor, counts_E: torch.Tensor, experts: RoutedExperts) -> torch.Tensor:
+    """Every expert lives here: run them on the sorted rows."""
+    return experts(x_ND, counts_E)
+
+
+@register_ffn("moe")
+class MoE(nn.Module):
+    def __init__(self, config: FFNConfig, model: ModelConfig, layer_idx: int):
+        super().__init__()
+        c = config.moe
+        if c is None:
+            raise ValueError("a feed-forward with kind moe needs a `moe:` section")
+        self.num_experts, self.num_zero_experts, self.top_k = c.num_experts, c.num_zero_experts, c.router.top_k
+        self.router = Router(c.router, model.dim, c.num_experts + c.num_zero_experts)
+        residual_std = model.init_std / (2 * model.num_sublayers()) ** 0.5
+        self.experts = RoutedExperts(c.num_experts, model.dim, c.hidden_dim, config.activation, c.bias,
+                                     c.swiglu_limit, c.swiglu_alpha, c.grouped_mm, model.init_std, residual_std)
+        self.shared_expert = None
+        if c.shared_hidden_dim:
+            shared = FFNConfig(kind="glu", hidden_dim=c.shared_hidden_dim, activation=config.activation)
+            self.shared_expert = GLU(shared, model, layer_idx)
+        self.shared_gate = nn.Linear(model.dim, 1, bias=False) if c.shared_gate else None
+        self.dispatch = local_dispatch
+        self.register_buffer("choice_counts", torch.zeros(c.num_experts + c.num_zero_experts, dtype=torch.long), persistent=False)
+        self.aux_loss = torch.zeros(())
+
+    def reset_loads(self) -> None:
+        self.choice_counts.zero_()
+
+    def reset_extra_parameters(self) -> None:
+        self.reset_loads()
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        D, K, E = x_BTD.shape[-1], self.top_k, self.num_experts
+        x_TD = x_BTD.reshape(-1, D)
+        weights_TK, choices_TK, self.aux_loss, counts_C = self.router(x_BTD, self.choice_counts)
+        if torch._C._current_graph_task_id() == -1:  # not a checkpoint recompute inside backward
+            self.choice_counts += counts_C
+        counts_E = counts_C[:E]
+        order_A = choices_TK.flatten().argsort(stable=True)[: int(counts_E.sum())]  # routed pairs, by expert
+        token_A = order_A // K
+        y_AD = self.dispatch(x_TD[token_A], counts_E, self.experts)
+        y_AD = y_AD * weights_TK.flatten()[order_A, None]
+        y_TD = torch.zeros_like(x_TD).index_add_(0, token_A, y_AD)
+        if self.num_zero_experts:
+            zero_weight_T1 = weights_TK.masked_fill(choices_TK < E, 0).sum(dim=-1, keepdim=True)
+            y_TD = y_TD + zero_weight_T1 * x_TD
+        if self.shared_expert is not None:
+            shared_TD = self.shared_expert(x_TD)
+            y_TD = y_TD + (shared_TD if self.shared_gate is None else torch.sigmoid(self.shared_gate(x_TD)) * shared_TD)
+        return y_TD.view_as(x_BTD)
+
+    def loads(self) -> torch.Tensor:
+        """[E + 1]: choices per routed expert, then choices of any zero-computation expert (summed:
+        they are interchangeable). Dispatch is dropless, so no token is dropped."""
+        E = self.num_experts
+        return torch.cat([self.choice_counts[:E], self.choice_counts[E:].sum(dim=0, keepdim=True)])
+
+    def update_bias(self, loads: torch.Tensor) -> None:
+        """Aux-loss-free bias step from global `loads` [E + 1] (as returned by `loads`); the zero
+        experts share their summed count equally."""
+        E, Z = self.num_experts, self.num_zero_experts
+        per_choice = loads[:E] if Z == 0 else torch.cat([loads[:E], loads[E:].expand(Z) / Z])
+        self.router.update_bias(per_choice)
