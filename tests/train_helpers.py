@@ -46,3 +46,41 @@ def consumed_indices(run_dir: Path):
         for line in path.read_text().splitlines():
             found.extend(json.loads(line)["indices"])
     return found
+
+
+def wandb_records(run_file: Path):
+    """Records of a W&B transaction log (run-*.wandb): LevelDB's log format, 32 KiB blocks, each
+    record chunk = crc32 (4 bytes) + length (2, little endian) + type (1: full, 2: first, 3: middle,
+    4: last), after a 7-byte header. wandb 0.31 ships no Python reader, so this is ours."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, position, pending = run_file.read_bytes(), 32768, 7, b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # the rest of a block too small for a chunk header is padding
+            position += block - position % block
+            continue
+        length, kind = int.from_bytes(data[position + 4 : position + 6], "little"), data[position + 6]
+        chunk, position = data[position + 7 : position + 7 + length], position + 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def wandb_history(run_dir: Path):
+    """(run id, logged steps) of every offline W&B run file under the run folder."""
+    runs = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        run_id, steps = None, []
+        for record in wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run_id = record.run.run_id
+            elif kind == "history":
+                steps += [int(item.value_json) for item in record.history.item
+                          if item.key == "_step" or list(item.nested_key) == ["_step"]]
+        runs.append((run_id, steps))
+    return runs

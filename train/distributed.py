@@ -48,6 +48,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TIMEOUT = timedelta(minutes=10)
+
+
+def restart_scoped_store():
+    """The rendezvous store, with keys scoped to this restart of the workers.
+
+    torchrun shares its agent's TCPStore with the workers and keeps it across elastic restarts, but
+    the workers' keys are not prefixed by attempt: restarted workers then read the dead workers'
+    gloo addresses and fail to connect or hang in `new_group` (seen with torch 2.13 on gloo). A
+    prefix per restart (TORCHELASTIC_RESTART_COUNT) keeps every attempt's keys apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None  # plain env:// initialisation
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=TIMEOUT)
+    return dist.PrefixStore(f"/worker/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def init_world(config: ParallelConfig) -> World:
     if "RANK" not in os.environ:  # not under torchrun: a group of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
@@ -55,7 +72,7 @@ def init_world(config: ParallelConfig) -> World:
     device = pick_device(config, local_rank)
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+        dist.init_process_group(backend, timeout=TIMEOUT, store=restart_scoped_store(), rank=rank, world_size=size)
     replicate = config.dp_replicate
     shard = config.dp_shard if config.dp_shard > 0 else size // replicate
     if replicate * shard != size:

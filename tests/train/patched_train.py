@@ -2,7 +2,7 @@
 
 FAULT="die:rank=R:step=S"  rank R calls os._exit(1) before optimizer step S, on the first attempt only
                            (torchrun's TORCHELASTIC_RESTART_COUNT == 0), as a crashed node would.
-FAULT="nan:step=S"         the loss of step S is NaN on every rank.
+FAULT="nan:step=S"         the loss of the first attempt at step S is NaN on every rank.
 FAULT="sleep:step=S"       every step from S on takes an extra second (room for a signal to arrive).
 """
 
@@ -17,6 +17,7 @@ from train.trainer import Trainer
 fault = dict(part.split("=") for part in os.environ.get("FAULT", "").split(":")[1:])
 kind = os.environ.get("FAULT", "").split(":")[0]
 original_train_step, original_loss_sum = Trainer.train_step, Trainer.loss_sum
+poisoned_steps = set()
 
 
 def train_step(self, micro_batches):
@@ -32,8 +33,10 @@ def train_step(self, micro_batches):
 
 def loss_sum(self, batch):
     loss, count = original_loss_sum(self, batch)
-    if kind == "nan" and self.step + 1 == int(fault["step"]) and self.model.training:
+    step = self.step + 1
+    if kind == "nan" and step == int(fault["step"]) and self.model.training and step not in poisoned_steps:
         loss = loss * torch.tensor(float("nan"))
+        poisoned_steps.add(step)
     return loss, count
 
 

@@ -1,0 +1,67 @@
+"""Preemption signals, non-finite losses, and W&B runs that survive restarts (one process each)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from train_helpers import FAST, PATCHED, losses, metrics, run_training, wandb_history
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_checkpoints_and_exits_cleanly_then_resumes(prepared_data, tmp_path, sig):
+    run_dir = tmp_path / "run"
+    args = [f"out_dir={tmp_path}", "run_name=run", f"data.path={prepared_data}", *FAST, "trainer.max_steps=40",
+            "checkpoint.every=100"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT="sleep:step=3")
+    process = subprocess.Popen([sys.executable, PATCHED, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    deadline = time.time() + 120
+    while not ((run_dir / "metrics.jsonl").exists() and len(metrics(run_dir)) >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert f"received {sig.name}" in stdout
+    stopped = max(losses(run_dir))
+    assert 3 <= stopped < 40 and f"stopped at step {stopped} on request; checkpoint saved" in stdout
+    assert (run_dir / "checkpoints" / f"step_{stopped:08d}" / ".metadata").is_file()
+
+    resumed = run_training(run_dir, prepared_data, "trainer.max_steps=40", "checkpoint.every=100")
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{stopped:08d}'}" in resumed.stdout
+    steps = [r["step"] for r in metrics(run_dir) if "loss" in r]
+    assert steps == list(range(1, 41))  # no step repeated, none missing
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_non_finite_loss(prepared_data, tmp_path, policy):
+    run_dir = tmp_path / "run"
+    result = run_training(run_dir, prepared_data, "trainer.max_steps=6", f"trainer.nonfinite={policy}",
+                          fault="nan:step=3", check=False)
+    if policy == "skip":
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "warning: non-finite loss at step 3 (loss nan" in result.stdout and "the step is skipped" in result.stdout
+        logged = losses(run_dir)
+        assert sorted(logged) == list(range(1, 7)) and all(v == v for v in logged.values())  # no NaN logged
+    else:
+        assert result.returncode != 0
+        assert "NonFiniteLoss: non-finite loss at step 3" in result.stderr
+        assert "stopping (trainer.nonfinite=stop" in result.stderr
+        assert max(losses(run_dir)) == 2
+
+
+def test_wandb_offline_history_and_same_run_after_restart(prepared_data, tmp_path):
+    run_dir = tmp_path / "run"
+    wandb = ["logging.wandb.mode=offline", "logging.wandb.group=pipeline-1", "checkpoint.every=3"]
+    run_training(run_dir, prepared_data, "trainer.max_steps=3", *wandb)
+    run_training(run_dir, prepared_data, "trainer.max_steps=6", *wandb)
+    runs = wandb_history(run_dir)
+    assert len(runs) == 2
+    (first_id, first_steps), (second_id, second_steps) = runs
+    assert first_id == second_id == (run_dir / "wandb_run_id").read_text().strip()
+    assert first_steps == [1, 2, 3] and second_steps == [4, 5, 6]
