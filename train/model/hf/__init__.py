@@ -17,11 +17,11 @@ from safetensors.torch import load_file, save_file
 
 from train.model.checkpoint import model_from_state_dict
 from train.model.config import ModelConfig, to_model_config
-from train.model.hf import deepseek_v3, gpt2, llama, mamba2, qwen3, qwen3_next
+from train.model.hf import deepseek_v3, gpt2, gpt_oss, llama, longcat_flash, mamba2, qwen3, qwen3_moe, qwen3_next
 from train.model.hf.weights import from_hf, to_hf
 from train.model.transformer import Transformer
 
-ADAPTERS = (gpt2, llama, qwen3, deepseek_v3, qwen3_next, mamba2)
+ADAPTERS = (gpt2, llama, qwen3, qwen3_moe, deepseek_v3, qwen3_next, gpt_oss, longcat_flash, mamba2)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -59,20 +59,26 @@ def load_hf_model(directory: Path) -> Transformer:
 def _architecture(config: ModelConfig) -> dict:
     """Flat dict of everything that changes the computation, with defaults resolved."""
     arch = asdict(config)
-    for key in ("family", "init_std", "mixers", "ffns", "layer_mixers", "layer_ffns"):
+    for key in ("family", "init_std", "mixers", "ffns", "layer_mixers", "layer_ffns", "shortcut_moe"):
         del arch[key]
     if config.position.kind != "yarn":
         del arch["position"]["yarn"]
     if config.norm.kind != "layernorm":
         del arch["norm"]["bias"]
-    for i in range(config.num_layers):
+    if config.shortcut_moe is not None:
+        arch["shortcut_moe"] = asdict(config.ffns[config.shortcut_moe])
+    for i in range(config.num_sublayers()):
         mixer, ffn = asdict(config.layer_mixer(i)), asdict(config.layer_ffn(i))
         attn = mixer.get("attention") or {}
         attn["num_kv_heads"] = attn.get("num_kv_heads") or attn.get("num_heads")
         attn["head_dim"] = attn.get("head_dim") or config.dim // attn.get("num_heads", 1)
         arch[f"layer{i}"] = {"mixer": mixer, "ffn": ffn}
-    # the chunk length of a chunked scan changes the schedule, not the function computed
-    return {k: v for k, v in _flatten(arch).items() if not k.endswith(".chunk_size")}
+    # the chunk length of a chunked scan and the expert kernel change the schedule, not the function
+    # computed; balancing losses and the bias step are training settings
+    return {k: v for k, v in _flatten(arch).items() if not k.endswith(TRAINING_ONLY)}
+
+
+TRAINING_ONLY = (".chunk_size", ".grouped_mm", ".aux_loss_coef", ".aux_loss_kind", ".z_loss_coef", ".bias_update_speed")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

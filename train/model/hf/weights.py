@@ -1,9 +1,14 @@
 """Table-driven state-dict renaming between this project and Hugging Face.
 
-An adapter lists `Rule`s; "{i}" stands for the layer index. A rule with several of our names
-fuses them along dim 0 on the HF side (GPT-2's c_attn holds q, k and v); `transpose` is for
-GPT-2's Conv1D, which stores weights as [in, out]. Rules whose tensors are absent (biases of a
-bias-free model, the head of a tied model) are skipped; tensors no rule consumed raise.
+An adapter lists `Rule`s; "{i}" stands for the layer index and "{e}" for the expert index. A rule
+with several of our names fuses them on the HF side: along dim 0 (GPT-2's c_attn holds q, k and v),
+or with `interleave` alternately along the last dim (GPT-OSS's gate_up_proj holds gate at even and
+up at odd columns). `transpose` swaps the last two dims (GPT-2's Conv1D stores [in, out]; GPT-OSS's
+experts [E, in, out]). An "{e}" rule maps one of our [E, ...] tensors to E per-expert HF tensors
+(transformers saves experts.0.gate_proj.weight, experts.1..., even for models that run 3-D weights).
+Rules whose tensors are absent (biases of a bias-free model, the head of a tied model) are skipped;
+tensors no rule consumed raise. Per-expert HF tensors past the layer's expert count are dropped:
+LongCat-Flash saves gate/up projections for its zero-computation experts, which never run.
 """
 
 import re
@@ -17,23 +22,38 @@ class Rule:
     ours: tuple[str, ...]
     hf: str
     transpose: bool = False
+    interleave: bool = False
 
 
 def _concrete(rules: list[Rule], num_layers: int):
     for rule in rules:
         for i in range(num_layers) if "{i}" in rule.hf else [None]:
-            yield [name.format(i=i) for name in rule.ours], rule.hf.format(i=i), rule.transpose
+            yield [name.format(i=i) for name in rule.ours], rule.hf.format(i=i, e="{e}"), rule
 
 
 def _maybe_t(tensor: torch.Tensor, transpose: bool) -> torch.Tensor:
-    return tensor.T.contiguous() if transpose and tensor.ndim == 2 else tensor
+    return tensor.transpose(-2, -1).contiguous() if transpose and tensor.ndim >= 2 else tensor
+
+
+def _fuse(parts: list[torch.Tensor], rule: Rule) -> torch.Tensor:
+    if rule.interleave:
+        return torch.stack([_maybe_t(p, rule.transpose) for p in parts], dim=-1).flatten(-2)
+    return _maybe_t(torch.cat(parts, dim=0), rule.transpose)
+
+
+def _split(tensor: torch.Tensor, n: int, rule: Rule) -> list[torch.Tensor]:
+    if rule.interleave:
+        return [_maybe_t(tensor[..., j::n], rule.transpose) for j in range(n)]
+    return list(_maybe_t(tensor, rule.transpose).chunk(n, dim=0))
 
 
 def to_hf(state: dict, rules: list[Rule], num_layers: int) -> dict:
     out, used = {}, set()
-    for ours, hf, transpose in _concrete(rules, num_layers):
+    for ours, hf, rule in _concrete(rules, num_layers):
         if all(name in state for name in ours):
-            out[hf] = _maybe_t(torch.cat([state[name] for name in ours], dim=0), transpose)
+            fused = _fuse([state[name] for name in ours], rule)
+            for e, tensor in enumerate(fused) if "{e}" in hf else [(None, fused)]:
+                out[hf.format(e=e)] = tensor.contiguous()
             used.update(ours)
     leftover = sorted(set(state) - used)
     if leftover:
@@ -41,14 +61,31 @@ def to_hf(state: dict, rules: list[Rule], num_layers: int) -> dict:
     return out
 
 
+def _experts(state: dict, hf: str) -> int:
+    e = 0
+    while hf.format(e=e) in state:
+        e += 1
+    return e
+
+
 def from_hf(state: dict, rules: list[Rule], num_layers: int, ignored: tuple[str, ...] = ()) -> dict:
     """`ignored`: regexes of HF tensors to drop (buffers saved by old versions, a tied head)."""
+    concrete = list(_concrete(rules, num_layers))
+    expert_counts = {}  # the experts of a layer: the fewest any of its "{e}" tensors has
+    for _, hf, _ in concrete:
+        if "{e}" in hf:
+            prefix = hf.split("{e}")[0]
+            expert_counts[prefix] = min(expert_counts.get(prefix, 1 << 30), _experts(state, hf))
     out, used = {}, set()
-    for ours, hf, transpose in _concrete(rules, num_layers):
-        if hf in state:
-            for name, chunk in zip(ours, _maybe_t(state[hf], transpose).chunk(len(ours), dim=0)):
+    for ours, hf, rule in concrete:
+        names = [hf.format(e=e) for e in range(expert_counts[hf.split("{e}")[0]])] if "{e}" in hf else [hf]
+        if names and all(n in state for n in names):
+            tensor = torch.stack([state[n] for n in names]) if "{e}" in hf else state[hf]
+            for name, chunk in zip(ours, _split(tensor, len(ours), rule)):
                 out[name] = chunk.contiguous()
-            used.add(hf)
+            used.update(names)
+            if "{e}" in hf:  # the extra per-expert tensors past the layer's expert count
+                used.update(hf.format(e=e) for e in range(len(names), _experts(state, hf)))
     leftover = sorted(k for k in set(state) - used if not any(re.search(p, k) for p in ignored))
     if leftover:
         raise ValueError(f"these Hugging Face weights have no name in this project: {leftover[:8]}")

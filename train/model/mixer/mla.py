@@ -13,6 +13,10 @@ only c and k_rope: (kv_lora_rank + qk_rope_head_dim) numbers per token and layer
 Softmax scale: (qk_nope + qk_rope)^-1/2, times mscale(s, mscale_all_dim)^2 under YaRN (the
 reference's `softmax_scale *= mscale * mscale`); the rope part also carries YaRN's
 mscale/mscale_all_dim factor through cos/sin, as in transformers.
+
+`lora_scale` (LongCat-Flash, arXiv 2509.01322; transformers' LongcatFlashMLA): queries are multiplied by
+sqrt(dim / q_lora_rank) and the normed latent by sqrt(dim / kv_lora_rank), to keep the low-rank
+paths' scale independent of the ranks.
 """
 
 import torch
@@ -54,6 +58,8 @@ class MultiHeadLatentAttention(nn.Module):
         self.o_proj = nn.Linear(H * c.v_head_dim, D, bias=c.bias)
         self.rotary = Rotary(model.position, c.qk_rope_head_dim)
         self.scale = qk_dim**-0.5
+        self.q_lora_scale = (D / c.q_lora_rank) ** 0.5 if c.lora_scale and c.q_lora_rank else 1.0
+        self.kv_lora_scale = (D / c.kv_lora_rank) ** 0.5 if c.lora_scale else 1.0
         yarn = model.position.yarn
         if model.position.kind == "yarn" and yarn.mscale_all_dim:
             self.scale *= _mscale(yarn.factor, yarn.mscale_all_dim) ** 2
@@ -62,9 +68,9 @@ class MultiHeadLatentAttention(nn.Module):
         B, T, _ = x_BTD.shape
         H, N, R = self.num_heads, self.nope_dim, self.rope_dim
         q_flat = self.q_proj(x_BTD) if self.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x_BTD)))
-        q_nope_BTHN, q_rope_BTHR = q_flat.view(B, T, H, N + R).split([N, R], dim=-1)
+        q_nope_BTHN, q_rope_BTHR = (q_flat * self.q_lora_scale).view(B, T, H, N + R).split([N, R], dim=-1)
         latent_BTC, k_rope_BTR = self.kv_a_proj_with_mqa(x_BTD).split([self.kv_lora_rank, R], dim=-1)
-        latent_BTC = self.kv_a_layernorm(latent_BTC)
+        latent_BTC = self.kv_a_layernorm(latent_BTC) * self.kv_lora_scale
         q_rope_BTHR = self.rotary(q_rope_BTHR, positions_BT)
         k_rope_BT1R = self.rotary(k_rope_BTR[:, :, None], positions_BT)
         start = 0
