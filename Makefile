@@ -30,6 +30,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(PY) -m data
+	$(PY) -m launch.local --nproc 2 stage=pretrain model=llama3_tiny data.path=outputs/data/stdlib
 
 test: setup
 	$(PY) -m pytest

@@ -11,6 +11,7 @@ is written, and the process exits cleanly. A restarted run resumes from the late
 """
 
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.tensor import DTensor
 
 from data.reader import PreparedData
@@ -29,7 +30,8 @@ from train.data_loader import check_batch_sizes, to_batch, train_loader, validat
 from train.distributed import World, all_reduce_sum, init_world
 from train.loss import IGNORE, cross_entropy_sum
 from train.metrics import MetricsLogger, Throughput, format_line, memory_gb, peak_tflops
-from train.model import load_model
+from train.model import load_model, save_model
+from train.model.checkpoint import model_from_state_dict
 from train.model.inspect import summarize
 from train.model.transformer import Transformer
 from train.optim import build_optimizer, build_scheduler
@@ -243,8 +245,26 @@ class Trainer:
                 break
         if self.step >= max_steps:
             self.save()
+            self.export_model()
         self.checkpointer.wait()
+        final = self.checkpointer.root / f"step_{self.step:08d}"
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k in ("loss", "val_loss"))
+        self.say(f"{cfg.stage} finished at step {self.step}{': ' + scores if scores else ''}\n"
+                 f"  checkpoint {final.resolve()}\n  model      {(self.run_dir / 'model').resolve()}\n"
+                 f"  metrics    {(self.run_dir / 'metrics.jsonl').resolve()}")
         return last
+
+    def export_model(self) -> None:
+        """The final weights, gathered on rank 0, as a plain model folder (model.yaml + model.safetensors
+        + the tokenizer): what `load_model`, `train.export` and the next stage's `checkpoint.init_from` read."""
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.world.is_main:
+            folder = save_model(model_from_state_dict(self.config.model, full), self.run_dir / "model")
+            data = PreparedData(self.config.data.path)
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                if (data.path / name).is_file():
+                    shutil.copy(data.path / name, folder / name)
+        dist.barrier()
 
     def close(self) -> None:
         self.checkpointer.close()

@@ -17,10 +17,12 @@ def final_weights(run_dir, step, tmp_path):
     return torch.load(out, weights_only=False)["model"]
 
 
-def test_two_ranks_equal_one_process(prepared_data, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+@pytest.mark.parametrize("nproc,layout", [(2, []), (4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"])],
+                         ids=["fsdp-2", "hsdp-2x2"])
+def test_sharded_ranks_equal_one_process(prepared_data, tmp_path, nproc, layout):
+    one, two = tmp_path / "one", tmp_path / "many"
     run_training(one, prepared_data, "trainer.max_steps=20")
-    run_training(two, prepared_data, "trainer.max_steps=20", nproc=2)
+    run_training(two, prepared_data, "trainer.max_steps=20", *layout, nproc=nproc)
     a, b = losses(one), losses(two)
     assert sorted(a) == list(range(1, 21)) and sorted(b) == sorted(a)
     for step in a:
@@ -72,3 +74,16 @@ def test_keeps_the_last_k_checkpoints(prepared_data, tmp_path):
     run_training(run_dir, prepared_data, "trainer.max_steps=8", "checkpoint.every=2", "checkpoint.keep=2",
                  "checkpoint.mode=async")
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000006", "step_00000008"]
+
+
+def test_final_model_folder_holds_the_checkpoint_weights(prepared_data, tmp_path):
+    from train.model import load_model
+
+    run_dir = tmp_path / "run"
+    run_training(run_dir, prepared_data, "trainer.max_steps=4", "parallel.activation_checkpointing=selective", nproc=2)
+    exported = load_model(run_dir / "model").state_dict()
+    saved = final_weights(run_dir, 4, tmp_path)
+    assert exported.keys() == saved.keys()
+    for name in saved:
+        assert torch.equal(exported[name], saved[name]), name
+    assert (run_dir / "model" / "tokenizer.json").is_file()
