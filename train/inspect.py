@@ -4,6 +4,7 @@
     python -m train.inspect model=llama3_tiny model.mixers.full.attention.num_kv_heads=1
     python -m train.inspect compare=[gpt2,llama3,qwen3]
     python -m train.inspect compare=[llama3,deepseek_v3,qwen3_next,mamba2,falcon_h1] context=131072
+    python -m train.inspect compare=[qwen3_moe,deepseek_v3,kimi_k2,gpt_oss,longcat_flash,qwen3_next] context=4096
 
 The numbers come from train.model.inspect.summarize; this file only formats them.
 """
@@ -48,7 +49,9 @@ def rows(s: Summary) -> list[tuple[str, str]]:
     return [
         ("parameters (total)", f"{_count(s.params_total)} ({s.params_total:,})"),
         *[(f"  {c.replace('_', ' ')}", _count(s.params[c])) for c in COMPONENTS],
-        ("matmul parameters N", _count(s.matmul_params)),
+        ("parameters (active per token)", _count(s.params_active)),
+        ("  routed experts/token (MoE)", " / ".join(f"{k:g}" for k in sorted(set(s.routed_experts_per_token))) or "-"),
+        ("matmul parameters N (active)", f"{_count(s.matmul_params_active)} of {_count(s.matmul_params)}"),
         ("context T", f"{s.context:,}"),
         ("train FLOPs/token (6N + attn)", _count(s.flops_per_token)),
         ("  attention scores at T", _count(s.attention_flops_per_token)),
@@ -66,8 +69,9 @@ def format_table(names: list[str], summaries: list[Summary]) -> str:
     table = [["", *names]] + [[label, *values] for label, *values in zip(labels, *columns)]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]) for row in table]
-    note = ("FLOPs: PaLM convention (Chowdhery et al. 2022, App. B): 6 x matmul params + 12 x layers x heads x head_dim x T\n"
-            "for softmax attention; linear/SSM mixers add a context-independent recurrent-form term.")
+    note = ("FLOPs: PaLM convention (Chowdhery et al. 2022, App. B): 6 x active matmul params + 12 x layers x heads x head_dim x T\n"
+            "for softmax attention; linear/SSM mixers add a context-independent recurrent-form term. MoE: a token uses\n"
+            "top_k x (1 - rho) routed experts, rho = share of choices taken by zero experts, by default Z / (E + Z).")
     return "\n".join(lines + [note])
 
 

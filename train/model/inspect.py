@@ -11,6 +11,13 @@ FLOPs and KV-cache bytes, so new mixers (MLA, linear attention) bring their own 
 cache is a part that grows per token (keys/values; MLA's latent + rope key) plus a fixed-size part
 (conv + recurrent state of linear attention / SSM layers, `state_bytes`), and `mha_cache_bytes`
 is what an MHA layer with the same heads and head dims would cache, to show the saving.
+
+Mixture of experts: total parameters count every expert; active parameters and FLOPs count what one
+token goes through: everything dense (router and shared experts included) plus k_routed routed experts
+per MoE layer, where k_routed = top_k * (1 - rho) and rho is the fraction of choices that go to
+zero-computation experts (they cost no FLOPs). rho is not fixed by the architecture: by default it is
+Z / (E + Z), the share a perfectly balanced router gives the Z zero experts among E + Z (what the
+aux-free bias steers towards); pass `zero_fraction` (e.g. measured with moe_metrics) to override.
 """
 
 from dataclasses import dataclass, field
@@ -18,7 +25,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from train.model.block import Block
 from train.model.config import ModelConfig
+from train.model.moe.layer import MoE
 from train.model.norm import GatedRMSNorm, LayerNorm, RMSNorm
 from train.model.transformer import Transformer
 
@@ -32,8 +41,11 @@ class Summary:
     dtype: str
     params: dict[str, int] = field(default_factory=dict)  # per component, see COMPONENTS
     params_total: int = 0
-    matmul_params: int = 0
-    flops_per_token: int = 0  # training, PaLM convention (module docstring)
+    params_active: int = 0  # per token: all but the routed experts a token does not use (MoE, module docstring)
+    matmul_params: int = 0  # every matmul weight, all experts included
+    matmul_params_active: int = 0  # the matmul weights one token goes through
+    routed_experts_per_token: list[float] = field(default_factory=list)  # per MoE layer: top_k * (1 - rho)
+    flops_per_token: int = 0  # training, PaLM convention (module docstring), active weights
     attention_flops_per_token: int = 0  # the score part of flops_per_token
     kv_bytes_per_token_per_layer: list[int] = field(default_factory=list)  # one cached token, each layer (growing part)
     state_bytes_per_layer: list[int] = field(default_factory=list)  # fixed-size state, each layer (linear mixers)
@@ -59,8 +71,9 @@ def count_params(model: Transformer) -> dict[str, int]:
     return counts
 
 
-def summarize(config: ModelConfig, context: int | None = None, dtype: str = "bf16") -> Summary:
-    """Numbers for `config` at `context` tokens (default: config.max_seq_len) with the KV cache in `dtype`."""
+def summarize(config: ModelConfig, context: int | None = None, dtype: str = "bf16", zero_fraction: float | None = None) -> Summary:
+    """Numbers for `config` at `context` tokens (default: config.max_seq_len) with the KV cache in
+    `dtype`; `zero_fraction`: share of MoE choices taken by zero experts (default Z / (E + Z))."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
     context = context or config.max_seq_len
@@ -70,15 +83,30 @@ def summarize(config: ModelConfig, context: int | None = None, dtype: str = "bf1
     matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     if model.output is None:  # tied: the embedding table is also the output matmul
         matmul += model.embed.weight.numel()
-    mixers = [layer.mixer for layer in model.layers]
+    total, active, matmul_active, routed = sum(params.values()), sum(params.values()), matmul, []
+    for moe in (m for m in model.modules() if isinstance(m, MoE)):
+        E, Z = moe.num_experts, moe.num_zero_experts
+        rho = Z / (E + Z) if zero_fraction is None else zero_fraction
+        k_routed = moe.top_k * (1 - rho)
+        ex = moe.experts
+        weights = sum(w.numel() for w in (ex.w1_EFD, ex.w3_EFD, ex.w2_EDF)) // E
+        expert_params = sum(p.numel() for p in ex.parameters()) // E
+        matmul += weights * E
+        matmul_active += round(weights * k_routed)
+        active -= round(expert_params * (E - k_routed))
+        routed.append(k_routed)
+    mixers = [block.mixer for block in model.modules() if isinstance(block, Block)]
     attention_flops = sum(m.score_flops_per_token(context) for m in mixers)
     return Summary(
         context=context,
         dtype=dtype,
         params=params,
-        params_total=sum(params.values()),
+        params_total=total,
+        params_active=active,
         matmul_params=matmul,
-        flops_per_token=6 * matmul + attention_flops,
+        matmul_params_active=matmul_active,
+        routed_experts_per_token=routed,
+        flops_per_token=6 * matmul_active + attention_flops,
         attention_flops_per_token=attention_flops,
         kv_bytes_per_token_per_layer=[m.cache_bytes(1, DTYPES[dtype]) - m.state_bytes(DTYPES[dtype]) for m in mixers],
         state_bytes_per_layer=[m.state_bytes(DTYPES[dtype]) for m in mixers],
