@@ -7,10 +7,13 @@ from train.model import build_model, load_model, save_model
 from train.model.config import ModelConfig
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "llama3", "qwen3", "deepseek_v3", "qwen3_next", "mamba2", "falcon_h1"])
+@pytest.mark.parametrize("preset", ["gpt2", "llama3", "qwen3", "deepseek_v3", "qwen3_next", "mamba2", "falcon_h1",
+                                    "qwen3_moe", "kimi_k2", "gpt_oss", "longcat_flash"])
 def test_full_size_presets_build_on_meta(preset):
     with torch.device("meta"):
         model = build_model(preset)
+    if model.moe_layers():  # routing is data-dependent (token counts per expert): no forward on meta tensors
+        return
     assert model(torch.zeros(1, 4, dtype=torch.long, device="meta")).shape == (1, 4, model.config.vocab_size)
 
 
