@@ -12,13 +12,13 @@ import torch
 IGNORE = -100  # target id that contributes no loss (padding, prompt tokens in SFT)
 
 
-def _chunk_loss(hidden_nD, weight_VD, targets_n):
-    logits_nV = (hidden_nD @ weight_VD.T).float()
-    lse_n = logits_nV.logsumexp(dim=-1)
+def _chunk_log_probs(hidden_nD, weight_VD, targets_n):
+    """(log-probabilities [n, V] in fp32, safe targets, valid mask, loss sum) of one chunk."""
+    log_probs_nV = torch.log_softmax((hidden_nD @ weight_VD.T).float(), dim=-1)
     valid_n = targets_n != IGNORE
     safe_n = targets_n.clamp(min=0)
-    target_logit_n = logits_nV.gather(1, safe_n[:, None])[:, 0]
-    return logits_nV, lse_n, valid_n, safe_n, ((lse_n - target_logit_n) * valid_n).sum()
+    loss = -(log_probs_nV.gather(1, safe_n[:, None])[:, 0] * valid_n).sum()
+    return log_probs_nV, safe_n, valid_n, loss
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -29,11 +29,12 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden_ND.device)
         for start in range(0, hidden_ND.shape[0], chunk_tokens):
             hidden_nD = hidden_ND[start : start + chunk_tokens]
-            logits_nV, lse_n, valid_n, safe_n, loss = _chunk_loss(hidden_nD, weight_VD, targets_N[start : start + chunk_tokens])
+            log_probs_nV, safe_n, valid_n, loss = _chunk_log_probs(hidden_nD, weight_VD, targets_N[start : start + chunk_tokens])
             total += loss
-            grad_nV = logits_nV.sub_(lse_n[:, None]).exp_()  # softmax, in place of the logits
+            grad_nV = log_probs_nV.exp_()  # softmax, in place: two passes over [n, V] in all, not four
             grad_nV[torch.arange(len(safe_n), device=grad_nV.device), safe_n] -= 1.0
-            grad_nV.mul_(valid_n[:, None])
+            if not valid_n.all():
+                grad_nV[~valid_n] = 0.0
             grad_nV = grad_nV.to(hidden_ND.dtype)
             grad_hidden_ND[start : start + chunk_tokens] = grad_nV @ weight_VD
             grad_weight_VD += (grad_nV.T @ hidden_nD).float()
@@ -52,5 +53,5 @@ def cross_entropy_sum(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, targets_
         return FusedLinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N, chunk_tokens)
     total = torch.zeros((), dtype=torch.float32, device=hidden_ND.device)
     for start in range(0, hidden_ND.shape[0], chunk_tokens):
-        total += _chunk_loss(hidden_ND[start : start + chunk_tokens], weight_VD, targets_N[start : start + chunk_tokens])[-1]
+        total += _chunk_log_probs(hidden_ND[start : start + chunk_tokens], weight_VD, targets_N[start : start + chunk_tokens])[-1]
     return total
