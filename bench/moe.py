@@ -4,7 +4,7 @@ all experts, and transformers' Qwen3MoeSparseMoeBlock on the same configuration 
     python bench/moe.py [--tokens 4096] [--dim 512] [--experts 32] [--top-k 4] [--expert-dim 256] [--repeats 3]
 
 Softmax top-k router + SwiGLU experts (Qwen3-MoE), fp32 and bf16 on the CPU; best of `repeats` runs
-after one warm-up. The naive loop runs every expert on a masked copy of all tokens (E x the routed
+after one warm-up, implementations interleaved. The naive loop runs every expert on a masked copy of all tokens (E x the routed
 work: what "never a loop over all experts for every token" forbids). transformers 5 picks its experts
 kernel with `experts_implementation`: "eager" loops over the experts hit, "grouped_mm" is its default.
 Prints one table; no asserts.
@@ -75,16 +75,23 @@ def build(args, dtype):
     return modules, calls
 
 
-def tokens_per_second(module, call, x_BTD, repeats):
-    best = float("inf")
+def seconds(module, call, x_BTD):
+    module.zero_grad(set_to_none=True)
+    x = x_BTD.detach().requires_grad_()
+    start = time.perf_counter()
+    call(x).float().square().mean().backward()
+    return time.perf_counter() - start
+
+
+def tokens_per_second(modules, calls, x_BTD, repeats):
+    """Round-robin over the implementations, best of `repeats` after a warm-up each, so that a
+    machine shared with other jobs slows all of them alike."""
+    best = {name: float("inf") for name in calls}
     for i in range(repeats + 1):
-        module.zero_grad(set_to_none=True)
-        x = x_BTD.detach().requires_grad_()
-        start = time.perf_counter()
-        call(x).float().square().mean().backward()
-        if i:
-            best = min(best, time.perf_counter() - start)
-    return x_BTD.shape[0] * x_BTD.shape[1] / best
+        for name in calls:
+            elapsed = seconds(modules[name], calls[name], x_BTD)
+            best[name] = min(best[name], elapsed) if i else best[name]
+    return {name: x_BTD.shape[0] * x_BTD.shape[1] / t for name, t in best.items()}
 
 
 def main():
@@ -94,7 +101,7 @@ def main():
     parser.add_argument("--experts", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--expert-dim", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"MoE layer fwd+bwd, {args.tokens} tokens, dim {args.dim}, {args.experts} experts of {args.expert_dim}, top {args.top_k}, "
           f"{torch.get_num_threads()} threads")
@@ -107,8 +114,8 @@ def main():
             for name in calls:
                 err = (calls[name](x_BTD[:1].to(dtype)).float() - ref).abs().max().item()
                 assert err < (1e-4 if dtype == torch.float32 else 5e-2), (name, err)
-        for name in calls:
-            results.setdefault(name, {})[dtype] = tokens_per_second(modules[name], calls[name], x_BTD.to(dtype), args.repeats)
+        for name, rate in tokens_per_second(modules, calls, x_BTD.to(dtype), args.repeats).items():
+            results.setdefault(name, {})[dtype] = rate
     peer = results["transformers, grouped_mm"]
     print(f"{'implementation':<30}{'fp32 tok/s':>12}{'bf16 tok/s':>12}{'fp32 vs HF':>12}{'bf16 vs HF':>12}")
     for name, r in results.items():
