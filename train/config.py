@@ -8,7 +8,7 @@ restarts share: config.yaml, metrics.jsonl, checkpoints/, wandb/.
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -74,7 +74,10 @@ class CheckpointConfig:
     keep: int = 2  # complete checkpoints kept
     mode: str = "async"  # sync | async (thread) | async_process (a saver process)
     resume: bool = True  # resume from the latest complete checkpoint in the run folder
-    init_from: Optional[str] = None  # initial weights: a checkpoint of this project or a Hugging Face folder
+    init_from: Optional[str] = None  # initial weights: a model folder of this project (a stage's model/) or Hugging Face
+    # With init_from, the model's config is the folder's; these dotted keys then change it, e.g. YaRN for
+    # mid-training: {position.kind: yarn, position.yarn.factor: 4, position.yarn.original_context: 256}
+    init_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

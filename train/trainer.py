@@ -32,6 +32,7 @@ from train.loss import IGNORE, cross_entropy_sum
 from train.metrics import MetricsLogger, Throughput, format_line, memory_gb, peak_tflops
 from train.model import load_model, save_model
 from train.model.checkpoint import model_from_state_dict
+from train.model.config import apply_overrides, to_model_config
 from train.model.inspect import summarize
 from train.model.transformer import Transformer
 from train.optim import build_optimizer, build_scheduler
@@ -43,11 +44,24 @@ class NonFiniteLoss(RuntimeError):
 
 
 def initial_state_dict(config: TrainConfig) -> Dict[str, torch.Tensor]:
-    """Full weights to start from, built on rank 0 only: a checkpoint/HF folder, or a seeded random init."""
+    """Full weights to start from, built on rank 0 only: a model folder, or a seeded random init."""
     if config.checkpoint.init_from:
         return load_model(config.checkpoint.init_from).state_dict()
     torch.manual_seed(config.trainer.seed)
     return Transformer(config.model).state_dict()
+
+
+def resolve_model_config(config: TrainConfig) -> None:
+    """With checkpoint.init_from, the model is the folder's (the `model=` preset is not used), changed
+    by checkpoint.init_overrides; the resolved config is what config.yaml records."""
+    if not config.checkpoint.init_from:
+        return
+    folder = Path(config.checkpoint.init_from)
+    if (folder / "model.yaml").is_file():
+        model_config = to_model_config(OmegaConf.load(folder / "model.yaml"))
+    else:
+        model_config = load_model(folder).config  # a Hugging Face folder: its adapter maps the config
+    config.model = apply_overrides(model_config, dict(config.checkpoint.init_overrides))
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
@@ -64,6 +78,7 @@ def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
+        resolve_model_config(config)
         self.world: World = init_world(config.parallel)
         if config.trainer.deterministic:
             torch.use_deterministic_algorithms(True)

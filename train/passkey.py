@@ -1,0 +1,84 @@
+"""Passkey retrieval (Mohtashami & Jaggi 2023, arXiv 2305.16300): a 5-digit number hidden at some depth
+in long filler text; the model must repeat it. Scored by greedy generation, at multiples of the
+original context, before and after a context extension such as YaRN mid-training.
+
+    python -m train.passkey checkpoint=outputs/runs/midtrain/model context=256 multiples=[1,2,4]
+"""
+
+import random
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from tokenizers import Tokenizer
+
+from train.model import generate, load_model
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+         "I will quiz you about the important information there.\n")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key.\n"
+QUESTION = "What is the pass key? The pass key is"
+
+
+@dataclass
+class PasskeyConfig:
+    checkpoint: str = "outputs/runs/midtrain/model"  # a model folder with tokenizer.json
+    context: int = 256  # the original (pre-extension) context length
+    multiples: List[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
+    depths: List[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    trials: int = 3  # keys per (length, depth)
+    seed: int = 0
+
+
+def passkey_prompt(tokenizer: Tokenizer, length: int, depth: float, key: int) -> List[int]:
+    """Token ids of about `length` tokens with the needle at fraction `depth` of the filler."""
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    intro, filler, needle, question = encode(INTRO), encode(FILLER), encode(NEEDLE.format(key=key)), encode(QUESTION)
+    repeats = max(1, (length - len(intro) - len(needle) - len(question)) // len(filler))
+    before = round(repeats * depth)
+    return intro + filler * before + needle + filler * (repeats - before) + question
+
+
+@torch.no_grad()
+def passkey_accuracy(model, tokenizer: Tokenizer, config: PasskeyConfig) -> Dict[str, float]:
+    """Accuracy per context multiple, e.g. {"1x": 1.0, "2x": 0.33, "4x": 0.0}."""
+    model.eval()
+    rng = random.Random(config.seed)
+    results = {}
+    for multiple in config.multiples:
+        correct = total = 0
+        for depth in config.depths:
+            for _ in range(config.trials):
+                key = rng.randint(10000, 99999)
+                prompt = passkey_prompt(tokenizer, int(config.context * multiple), depth, key)
+                output = generate(model, torch.tensor([prompt]), max_new_tokens=8)[0, len(prompt):]
+                answer = re.search(r"\d+", tokenizer.decode(output.tolist()))
+                correct += int(answer is not None and answer.group() == str(key))
+                total += 1
+        results[f"{multiple:g}x"] = correct / total
+    return results
+
+
+ConfigStore.instance().store(name="passkey_schema", node=PasskeyConfig)
+
+
+@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "configs"), config_name="passkey", version_base=None)
+def main(cfg) -> None:
+    config: PasskeyConfig = OmegaConf.to_object(cfg)
+    folder = Path(config.checkpoint)
+    if not (folder / "tokenizer.json").is_file():
+        sys.exit(f"error: {folder} has no tokenizer.json; point checkpoint= at a stage's model/ folder")
+    scores = passkey_accuracy(load_model(folder), Tokenizer.from_file(str(folder / "tokenizer.json")), config)
+    print(f"passkey accuracy ({folder}, original context {config.context}): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+
+
+if __name__ == "__main__":
+    main()
