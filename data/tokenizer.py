@@ -13,12 +13,11 @@ from typing import Dict, Iterable, Optional
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from data.chat import CHAT_TEMPLATE, CHAT_TOKENS
 from data.config import TokenizerConfig
 from data.errors import DataError
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
-# Chat roles and the end-of-turn marker, used by the SFT chat template.
-CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end_of_turn|>")
 SPECIAL_TOKENS = (PAD, BOS, EOS) + CHAT_TOKENS
 # End-of-document tokens of well-known tokenizers, tried when a loaded tokenizer's config names none.
 KNOWN_EOS = (EOS, "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
@@ -100,7 +99,8 @@ def hf_tokenizer_config(path: Optional[str]) -> Dict[str, object]:
 def save_tokenizer(
     tokenizer: Tokenizer, ids: SpecialIds, hf_config: Dict[str, object], source_path: Optional[str], out: Path
 ) -> None:
-    """Write tokenizer.json and tokenizer_config.json so `transformers.AutoTokenizer` loads the folder."""
+    """Write tokenizer.json and tokenizer_config.json so `transformers.AutoTokenizer` loads the folder, with
+    the chat template of data/chat.py when the tokenizer has its role tokens."""
     tokenizer.save(str(out / "tokenizer.json"))
     if source_path and Path(source_path).is_dir():
         for name in ("special_tokens_map.json", "generation_config.json"):
@@ -109,5 +109,7 @@ def save_tokenizer(
     named = {"eos_token": ids.eos, "bos_token": ids.bos, "pad_token": ids.pad}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
     config.update({key: tokenizer.id_to_token(i) for key, i in named.items() if i is not None})
+    if all(tokenizer.token_to_id(t) is not None for t in CHAT_TOKENS):
+        config["chat_template"] = CHAT_TEMPLATE  # data/chat.py; a loaded tokenizer's own template (below) wins
     config.update(hf_config)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
