@@ -34,6 +34,7 @@ from train.model import load_model, save_model
 from train.model.checkpoint import model_from_state_dict
 from train.model.config import apply_overrides, to_model_config
 from train.model.inspect import summarize
+from train.model.moe.metrics import moe_metrics
 from train.model.transformer import Transformer
 from train.optim import build_optimizer, build_scheduler
 from train.parallelize import DTYPES, parallelize
@@ -88,6 +89,7 @@ class Trainer:
         self.accum = check_batch_sizes(config.trainer.global_batch_size, config.trainer.micro_batch_size, self.dp_ranks)
 
         self.model = self.build_model()
+        self.moe_layer_ids = self.model.moe_layer_ids()
         self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.max_steps)
         self.step, self.samples_consumed, self.tokens_seen, self.skipped_in_a_row = 0, 0, 0, 0
@@ -149,12 +151,12 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def loss_sum(self, batch) -> tuple[torch.Tensor, int]:
+    def loss_sum(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the token losses, the model's auxiliary loss: MoE balancing, zero without MoE)."""
         hidden_BTD = self.model.hidden_states(batch.inputs_BT, batch.doc_ids_BT)
-        targets = batch.targets_BT.reshape(-1)
-        loss = cross_entropy_sum(hidden_BTD.flatten(0, 1), self.model.output_weight(), targets,
+        loss = cross_entropy_sum(hidden_BTD.flatten(0, 1), self.model.output_weight(), batch.targets_BT.reshape(-1),
                                  self.config.trainer.loss_chunk_tokens)
-        return loss, int((targets != IGNORE).sum())
+        return loss, self.model.aux_loss()
 
     def train_step(self, micro_batches) -> Optional[Dict[str, float]]:
         device = self.world.device
@@ -162,11 +164,13 @@ class Trainer:
         global_targets = all_reduce_sum(torch.tensor(float(targets), device=device)).item()
         # FSDP averages gradients over the dp ranks, so scale each rank's sum by ranks / global tokens.
         scale = self.dp_ranks / global_targets
-        total = torch.zeros((), device=device)
+        total, aux_total = torch.zeros((), device=device), torch.zeros((), device=device)
         for batch in micro_batches:
-            loss, _ = self.loss_sum(batch)
-            (loss * scale).backward()
+            loss, aux = self.loss_sum(batch)
+            # the auxiliary loss is a mean per micro-batch: averaged over micro-batches here, over ranks by FSDP
+            (loss * scale + aux / len(micro_batches)).backward()
             total += loss.detach()
+            aux_total += aux.detach() / len(micro_batches)
         loss = (all_reduce_sum(total) / global_targets).item()
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -177,7 +181,19 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss, "grad_norm": grad_norm, "lr": lr}
+        result = {"loss": loss, "grad_norm": grad_norm, "lr": lr}
+        if self.moe_layer_ids:
+            result["aux_loss"] = (all_reduce_sum(aux_total) / self.world.size).item()
+            result.update(self.balance_experts())
+        return result
+
+    def balance_experts(self) -> Dict[str, float]:
+        """Once per optimizer step: global expert loads -> the aux-loss-free router bias (DeepSeek-V3),
+        and the load metrics (min/max/coefficient of variation per layer, share of zero experts)."""
+        loads = [all_reduce_sum(load) for load in self.model.expert_loads()]
+        self.model.update_router_bias(loads)
+        self.model.reset_expert_loads()
+        return moe_metrics(loads, self.moe_layer_ids)
 
     def handle_nonfinite(self, loss: float, grad_norm: float) -> None:
         self.skipped_in_a_row += 1
@@ -199,10 +215,11 @@ class Trainer:
         cfg = self.config
         for raw in validation_batches(cfg.data, cfg.trainer.micro_batch_size, cfg.trainer.val_samples,
                                       self.world.rank, self.world.size):
-            loss, n = self.loss_sum(to_batch(raw, self.world.device, cfg.data.document_masking))
-            total += loss
-            count += n
+            batch = to_batch(raw, self.world.device, cfg.data.document_masking)
+            total += self.loss_sum(batch)[0]
+            count += (batch.targets_BT != IGNORE).sum()
         self.model.train()
+        self.model.reset_expert_loads()  # validation's routing does not count towards balancing
         return (all_reduce_sum(total) / all_reduce_sum(count)).item()
 
     def save(self) -> None:

@@ -2,12 +2,13 @@
 
 import pytest
 
-from train_helpers import losses, run_training
+from train_helpers import losses, metrics, run_training
 
 pytestmark = pytest.mark.slow
 
 PRESETS = ["gpt2_tiny", "llama3_tiny", "qwen3_tiny", "deepseek_v3_tiny", "qwen3_next_tiny", "mamba2_tiny",
-           "falcon_h1_tiny"]
+           "falcon_h1_tiny", "qwen3_moe_tiny", "gpt_oss_tiny", "longcat_flash_tiny", "kimi_k2_tiny"]
+MOE = {"deepseek_v3_tiny", "qwen3_next_tiny", "qwen3_moe_tiny", "gpt_oss_tiny", "longcat_flash_tiny", "kimi_k2_tiny"}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -18,3 +19,6 @@ def test_preset_pretrains(prepared_data, tmp_path, preset):
     logged = losses(run_dir)
     assert sorted(logged) == list(range(1, 7))
     assert logged[6] < logged[1]
+    if preset in MOE:  # expert-load metrics and the auxiliary loss reach metrics.jsonl
+        record = [r for r in metrics(run_dir) if r.get("step") == 6 and "loss" in r][0]
+        assert "aux_loss" in record and any(k.endswith("/load_cv") for k in record)

@@ -1,0 +1,150 @@
+"""The whole pipeline in one command: data -> pre-training -> mid-training (YaRN) -> SFT -> DPO.
+
+    python -m launch.pipeline [--nproc 2] [--out outputs] [STAGE.KEY=VALUE ...]
+
+Each training stage runs on `--nproc` local processes through elastic torchrun (launch/local.py) and
+starts from the previous stage's `model/` folder. A finished stage (its `model/` exists) is skipped on
+re-run; an interrupted one resumes from its latest checkpoint. Overrides go to one stage by prefix:
+`pretrain.trainer.max_steps=500`, `sft.optim.lr=1e-4`, `data.tokenizer.vocab_size=4096`; `train.` goes
+to every training stage (e.g. `train.logging.wandb.mode=offline`). Ends with a summary (also written to
+OUT/pipeline_summary.md): final losses per stage, passkey accuracy before and after YaRN, DPO reward
+accuracy on held-out pairs, and where the checkpoints and the Hugging Face export are.
+"""
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from launch.local import torchrun_command
+
+TRAIN_STAGES = ("pretrain", "midtrain", "sft", "dpo")
+PREFIXES = ("data", "train") + TRAIN_STAGES
+CHAT_PROMPT = "What does `json.dumps` do?"
+
+
+def split_overrides(items: List[str]) -> Dict[str, List[str]]:
+    routed: Dict[str, List[str]] = {prefix: [] for prefix in PREFIXES}
+    for item in items:
+        prefix, _, rest = item.partition(".")
+        if prefix not in routed or "=" not in rest:
+            raise SystemExit(f"error: override {item!r} must start with one of {', '.join(p + '.' for p in PREFIXES)}")
+        routed[prefix].append(rest)
+    return routed
+
+
+def run(command: List[str], log: Path) -> str:
+    """Run a stage, streaming its output to the console and to its log file; stop the pipeline if it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"$ {' '.join(command)}", flush=True)
+    lines = []
+    with open(log, "a") as f, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        for line in p.stdout:
+            print(line, end="", flush=True)
+            f.write(line)
+            lines.append(line)
+    if p.returncode != 0:
+        raise SystemExit(f"error: stage failed with exit status {p.returncode}; see {log}")
+    return "".join(lines)
+
+
+def final_metrics(run_dir: Path) -> Dict[str, float]:
+    last: Dict[str, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        last.update({k: v for k, v in json.loads(line).items() if isinstance(v, (int, float))})
+    return last
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nproc", type=int, default=2, help="processes per training stage")
+    parser.add_argument("--out", default="outputs", help="folder for data/, runs/, hf/ and the summary")
+    args, rest = parser.parse_known_args(argv)
+    overrides = split_overrides(rest)
+    out = Path(args.out).resolve()
+    data_dir, runs, logs = out / "data", out / "runs", out / "logs"
+    python = sys.executable
+    started = time.time()
+
+    run([python, "-m", "data", f"out_dir={data_dir}", "name=stdlib", "progress=false", *overrides["data"]], logs / "data.log")
+    # Long documents for mid-training: whole standard-library modules mixed with the documentation
+    # topics, with the pre-training tokenizer.
+    run([python, "-m", "data", f"out_dir={data_dir}", "name=stdlib_long", "progress=false", "source.include_topics=false",
+         "mixture=[{kind: stdlib, include_modules: false, weight: 1.0}]", f"tokenizer.path={data_dir / 'stdlib'}"],
+        logs / "data_long.log")
+
+    stage_args = {
+        "pretrain": [f"data.path={data_dir / 'stdlib'}"],
+        "midtrain": [f"data.path={data_dir / 'stdlib_long'}", f"checkpoint.init_from={runs / 'pretrain' / 'model'}"],
+        "sft": [f"checkpoint.init_from={runs / 'midtrain' / 'model'}"],
+        "dpo": [f"checkpoint.init_from={runs / 'sft' / 'model'}"],
+    }
+    passkey: Dict[str, Dict[str, float]] = {}
+    chats: Dict[str, str] = {}
+    for stage in TRAIN_STAGES:
+        run_dir = runs / stage
+        if stage == "sft":
+            chats["before SFT"] = chat(runs / "midtrain" / "model", logs)
+        if (run_dir / "model" / "model.safetensors").is_file():
+            print(f"== {stage}: finished earlier, skipped ({run_dir / 'model'})", flush=True)
+        else:
+            print(f"== {stage}", flush=True)
+            command = torchrun_command(args.nproc, 3, "train", [f"stage={stage}", f"out_dir={runs}", *stage_args[stage],
+                                                              *overrides["train"], *overrides[stage]])
+            run(command, logs / f"{stage}.log")
+        if stage in ("pretrain", "midtrain"):
+            passkey["before YaRN" if stage == "pretrain" else "after YaRN"] = passkey_scores(run_dir / "model", logs)
+    chats["after DPO"] = chat(runs / "dpo" / "model", logs)
+    run([python, "-m", "train.export", f"checkpoint={runs / 'dpo' / 'model'}", f"out={out / 'hf'}"], logs / "export.log")
+
+    summary = render_summary(runs, passkey, chats, out, time.time() - started)
+    (out / "pipeline_summary.md").write_text(summary)
+    print("\n" + summary)
+    return 0
+
+
+def passkey_scores(model_dir: Path, logs: Path) -> Dict[str, float]:
+    context = json.loads((model_dir.parent / "metrics.jsonl").read_text().splitlines()[0]) and None
+    config = (model_dir.parent / "config.yaml").read_text()
+    seq_len = int(re.search(r"^  seq_len: (\d+)", config, re.M).group(1))
+    original = seq_len if "kind: yarn" not in (model_dir / "model.yaml").read_text() else \
+        int(re.search(r"original_context: (\d+)", (model_dir / "model.yaml").read_text()).group(1))
+    output = run([sys.executable, "-m", "train.passkey", f"checkpoint={model_dir}", f"context={original}"],
+                 logs / "passkey.log")
+    del context
+    return {k: float(v) for k, v in re.findall(r"(\d+x) ([\d.]+)", output.splitlines()[-1])}
+
+
+def chat(model_dir: Path, logs: Path) -> str:
+    output = run([sys.executable, "-m", "train.chat", f"checkpoint={model_dir}", f"prompt={CHAT_PROMPT}",
+                  "max_new_tokens=48"], logs / "chat.log")
+    return output.strip().splitlines()[-1] if output.strip() else ""
+
+
+def render_summary(runs: Path, passkey, chats, out: Path, seconds: float) -> str:
+    lines = [f"# Pipeline summary ({seconds / 60:.1f} min)", "", "| stage | final train loss | final val loss | steps |",
+             "|---|---:|---:|---:|"]
+    for stage in TRAIN_STAGES:
+        m = final_metrics(runs / stage)
+        lines.append(f"| {stage} | {m.get('loss', float('nan')):.4f} | {m.get('val_loss', float('nan')):.4f} | "
+                     f"{int(m.get('step', 0))} |")
+    dpo = final_metrics(runs / "dpo")
+    lines += ["", f"DPO on held-out pairs: reward accuracy {dpo.get('val_reward_accuracy', float('nan')):.3f}, "
+                  f"margin {dpo.get('val_reward_margin', float('nan')):.3f}", ""]
+    lines += ["| passkey | " + " | ".join(next(iter(passkey.values()), {}).keys()) + " |",
+              "|---|" + "---:|" * len(next(iter(passkey.values()), {}))]
+    for label, scores in passkey.items():
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in scores.values()) + " |")
+    lines += ["", f"Chat, prompt {CHAT_PROMPT!r}:"]
+    lines += [f"- {label}: {answer}" for label, answer in chats.items()]
+    lines += ["", "Checkpoints: " + ", ".join(str(runs / s / "model") for s in TRAIN_STAGES),
+              f"Hugging Face export: {out / 'hf'}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
