@@ -1,0 +1,103 @@
+"""Direct preference optimisation: the pair losses, the implicit rewards, and sequence log-probabilities.
+
+DPO (Rafailov et al. 2023, arXiv 2305.18290) trains the policy pi on pairs (prompt x, chosen y_w, rejected
+y_l) against a frozen reference pi_ref, with the implicit reward r(y) = beta * (log pi(y|x) - log pi_ref(y|x)):
+
+    sigmoid  -(1 - eps) * log sigmoid(r_w - r_l) - eps * log sigmoid(r_l - r_w)
+             eps = 0 is DPO; eps > 0 is conservative DPO (cDPO, Mitchell 2023): the label is wrong with probability eps
+    ipo      (h - 1 / (2 * beta))^2 with h the difference of the per-token average log-ratios
+             (IPO, Azar et al. 2023, arXiv 2310.12036, Eq. 17; averaged per token as TRL does, after the authors)
+
+The log-probabilities are sums over the response tokens (`sequence_logps`). Rewards are returned detached:
+they are for logging (reward accuracy and margin), the gradient flows through the loss.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from train.loss import IGNORE
+
+LOSS_TYPES = ("sigmoid", "ipo")
+
+
+@dataclass
+class DPOOutput:
+    losses_B: torch.Tensor  # per pair; the training loss is usually its mean
+    chosen_rewards_B: torch.Tensor  # beta * (policy - reference) log-prob of the chosen response, detached
+    rejected_rewards_B: torch.Tensor
+
+
+def dpo_loss(
+    policy_chosen_logps_B: torch.Tensor,
+    policy_rejected_logps_B: torch.Tensor,
+    ref_chosen_logps_B: torch.Tensor,
+    ref_rejected_logps_B: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    chosen_tokens_B: Optional[torch.Tensor] = None,
+    rejected_tokens_B: Optional[torch.Tensor] = None,
+) -> DPOOutput:
+    """Per-pair DPO/cDPO/IPO losses from summed response log-probs. IPO needs the response token counts."""
+    chosen_logratios_B = policy_chosen_logps_B - ref_chosen_logps_B
+    rejected_logratios_B = policy_rejected_logps_B - ref_rejected_logps_B
+    if loss_type == "sigmoid":
+        if not 0.0 <= label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing={label_smoothing}: it is the probability of a flipped label; use [0, 0.5)")
+        logits_B = beta * (chosen_logratios_B - rejected_logratios_B)
+        losses_B = -(1 - label_smoothing) * F.logsigmoid(logits_B) - label_smoothing * F.logsigmoid(-logits_B)
+    elif loss_type == "ipo":
+        if chosen_tokens_B is None or rejected_tokens_B is None:
+            raise ValueError("loss_type='ipo' averages log-ratios per token: pass chosen_tokens_B and rejected_tokens_B")
+        if label_smoothing:
+            raise ValueError(f"label_smoothing={label_smoothing} has no meaning for loss_type='ipo'; set it to 0")
+        h_B = chosen_logratios_B / chosen_tokens_B.clamp(min=1) - rejected_logratios_B / rejected_tokens_B.clamp(min=1)
+        losses_B = (h_B - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"loss_type={loss_type!r} is unknown; use one of: {', '.join(LOSS_TYPES)}")
+    return DPOOutput(losses_B, beta * chosen_logratios_B.detach(), beta * rejected_logratios_B.detach())
+
+
+def reward_metrics(chosen_rewards_B: torch.Tensor, rejected_rewards_B: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Batch means: accuracy (chosen reward above rejected), margin (chosen - rejected), and each reward."""
+    return {
+        "accuracy": (chosen_rewards_B > rejected_rewards_B).float().mean(),
+        "margin": (chosen_rewards_B - rejected_rewards_B).mean(),
+        "chosen": chosen_rewards_B.mean(),
+        "rejected": rejected_rewards_B.mean(),
+    }
+
+
+def _target_logps(hidden_nD: torch.Tensor, weight_VD: Optional[torch.Tensor], targets_n: torch.Tensor) -> torch.Tensor:
+    logits_nV = (hidden_nD if weight_VD is None else hidden_nD @ weight_VD.T).float()
+    return logits_nV.gather(1, targets_n[:, None])[:, 0] - torch.logsumexp(logits_nV, dim=-1)
+
+
+def sequence_logps(
+    hidden_BTD: torch.Tensor, weight_VD: Optional[torch.Tensor], targets_BT: torch.Tensor, chunk_tokens: int = 1024
+) -> torch.Tensor:
+    """[B] fp32: sum over positions with targets != IGNORE of log softmax(hidden @ weight^T)[target].
+
+    Pass the final hidden states and the output projection's weight [V, D], or logits [B, T, V] with
+    weight_VD=None. Targets are aligned with positions (labels[:, 1:] for inputs ids[:, :-1]). Only the
+    labelled positions are computed (the prompt costs nothing), in chunks whose logits [chunk, V] are
+    recomputed in backward rather than stored, so memory holds one chunk's logits at a time.
+    """
+    valid_N = (targets_BT != IGNORE).flatten()
+    rows_N = torch.arange(targets_BT.shape[0], device=targets_BT.device).repeat_interleave(targets_BT.shape[1])[valid_N]
+    hidden_ND = hidden_BTD.flatten(0, 1)[valid_N]
+    targets_N = targets_BT.flatten()[valid_N]
+    logps_B = torch.zeros(targets_BT.shape[0], dtype=torch.float32, device=hidden_BTD.device)
+    needs_grad = torch.is_grad_enabled() and (hidden_BTD.requires_grad or (weight_VD is not None and weight_VD.requires_grad))
+    for start in range(0, len(targets_N), chunk_tokens):
+        piece = slice(start, start + chunk_tokens)
+        if needs_grad:
+            logps_n = checkpoint(_target_logps, hidden_ND[piece], weight_VD, targets_N[piece], use_reentrant=False)
+        else:
+            logps_n = _target_logps(hidden_ND[piece], weight_VD, targets_N[piece])
+        logps_B = logps_B.index_add(0, rows_N[piece], logps_n)
+    return logps_B
