@@ -74,6 +74,23 @@ class PreparedData:
                 raise DataError(f"{self.path / file}: checksum differs from the manifest; prepare the data again")
 
 
+class EpochOrder:
+    """Global sample index -> item position: epoch `index // n`, then a seeded permutation of that epoch
+    (or the identity without shuffling). The one rule every training stream uses."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self._epoch, self._order = -1, None
+
+    def __call__(self, index: int) -> int:
+        epoch, position = divmod(index, self.n)
+        if not self.shuffle:
+            return position
+        if epoch != self._epoch:
+            self._order, self._epoch = np.random.default_rng([self.seed, epoch]).permutation(self.n), epoch
+        return int(self._order[position])
+
+
 class TokenWindows:
     """Windows of `seq_len + 1` tokens of one split, deterministic for a seed, addressed by global index."""
 
@@ -85,7 +102,7 @@ class TokenWindows:
         self.first_window = np.concatenate([[0], np.cumsum(per_shard)])  # [shards + 1]
         if self.first_window[-1] == 0:
             raise DataError(f"{path}: the {split} split has no window of {seq_len + 1} tokens; lower the sequence length")
-        self._epoch, self._order = -1, None
+        self.order = EpochOrder(len(self), seed, shuffle)
 
     def __len__(self) -> int:
         """Windows in one epoch."""
@@ -96,17 +113,9 @@ class TokenWindows:
         # opened on first use, so that a DataLoader's worker processes map the files themselves
         return [(self.data.tokens(s), self.data.doc_ends(s)) for s in self.shard_list]
 
-    def order(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            n = len(self)
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            self._epoch = epoch
-        return self._order
-
     def locate(self, index: int):
         """Global sample index -> (shard, token offset of the window in that shard)."""
-        epoch, position = divmod(index, len(self))
-        window = int(self.order(epoch)[position])
+        window = self.order(index)
         shard = int(np.searchsorted(self.first_window, window, side="right") - 1)
         return shard, (window - int(self.first_window[shard])) * self.seq_len
 

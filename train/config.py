@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from data.conversations import ChatSource
 from train.model.config import ModelConfig
 
 
@@ -23,6 +24,10 @@ class DataConfig:
     seed: int = 0  # order of the windows (a seeded permutation per epoch)
     num_workers: int = 0  # DataLoader worker processes per rank
     val_split: str = "val"
+    # SFT and DPO read conversations / preference pairs instead of shards (the tokenizer is the model's):
+    chat: ChatSource = field(default_factory=ChatSource)
+    pack: bool = True  # SFT: pack conversations into windows (with document masking), else one per window
+    chat_val_fraction: float = 0.05  # conversations / pairs held out, spread evenly
 
 
 @dataclass
@@ -38,6 +43,13 @@ class OptimConfig:
     decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly to min_lr
     implementation: str = "auto"  # auto (fused where supported, else foreach) | fused | foreach | loop
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid (DPO; cDPO with label_smoothing > 0) | ipo
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -97,7 +109,7 @@ class LoggingConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "pretrain"
+    stage: str = "pretrain"  # pretrain | midtrain | sft | dpo
     run_name: str = "pretrain"
     out_dir: str = "outputs/runs"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -107,6 +119,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -1,36 +1,29 @@
-"""The resumable training data stream over prepared shards.
+"""The resumable training data stream of every stage.
 
-The state is global: the number of samples (windows) consumed. Optimizer step s reads global sample
-indices [s * G, (s + 1) * G) for a global batch of G sequences; data-parallel rank r of W takes the
-r-th contiguous slice of G / W of them, in micro-batches. Since a sample index alone says which
-window it is (data/reader.py), a run resumed on any number of ranks continues with the next unseen
-sample: nothing is seen twice, nothing skipped.
+The state is global: the number of samples consumed. Optimizer step s reads global sample indices
+[s * G, (s + 1) * G) for a global batch of G samples; data-parallel rank r of W takes the r-th
+contiguous slice of G / W of them, in micro-batches. A sample index alone says which sample it is
+(epoch index // n, then a seeded permutation: data.reader.EpochOrder), so a run resumed on any number
+of ranks continues with the next unseen sample: nothing is seen twice, nothing skipped.
+
+A sample is a window of prepared token shards (pre-training, mid-training), a window of packed
+conversations with assistant-only labels (SFT), or a preference pair (DPO); each becomes a batch
+dict {"inputs", "targets", "doc_ids"?, "index"} of tensors.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Iterator
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Sequence
 
+import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data.reader import TokenWindows
+from data.conversations import load_sft
+from data.preferences import collate_pairs, load_pairs
+from data.reader import EpochOrder, TokenWindows
 from train.config import DataConfig
-
-
-class WindowDataset(Dataset):
-    def __init__(self, windows: TokenWindows):
-        self.windows = windows
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        window = self.windows[index]
-        return {
-            "tokens": torch.from_numpy(window.tokens),
-            "doc_ids": torch.from_numpy(window.doc_ids),
-            "index": torch.tensor(window.index),
-        }
 
 
 class GlobalBatchSampler(Sampler):
@@ -47,18 +40,86 @@ class GlobalBatchSampler(Sampler):
             start += self.global_batch
 
 
+class Indexed(Dataset):
+    """A list of samples addressed by global sample index (epochs of seeded permutations)."""
+
+    def __init__(self, items: Sequence, seed: int, shuffle: bool = True):
+        self.items, self.order = items, EpochOrder(len(items), seed, shuffle)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[self.order(index)], index
+
+
+class Windows(Dataset):
+    """Token windows of prepared shards, as (window dict, index)."""
+
+    def __init__(self, windows: TokenWindows):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int):
+        window = self.windows[index]
+        return {"tokens": window.tokens, "doc_ids": window.doc_ids}, index
+
+
+def collate_windows(samples: List) -> Dict[str, torch.Tensor]:
+    """Windows of seq_len + 1 tokens -> inputs tokens[:-1], targets labels[1:] (or tokens[1:])."""
+    items, indices = zip(*samples)
+    tokens = torch.from_numpy(np.stack([item["tokens"] for item in items]))
+    labels = torch.from_numpy(np.stack([item["labels"] for item in items])) if "labels" in items[0] else tokens
+    doc_ids = torch.from_numpy(np.stack([item["doc_ids"] for item in items]))
+    return {"inputs": tokens[:, :-1], "targets": labels[:, 1:], "doc_ids": doc_ids[:, :-1],
+            "index": torch.tensor(indices)}
+
+
+def collate_preferences(pad_id: int) -> Callable[[List], Dict[str, torch.Tensor]]:
+    """Pairs -> one [2B, L] batch: the B chosen sequences, then the B rejected ones."""
+    def collate(samples: List) -> Dict[str, torch.Tensor]:
+        pairs, indices = zip(*samples)
+        batch = collate_pairs(pairs, pad_id)
+        ids = torch.cat([batch.chosen_ids_BL, batch.rejected_ids_BL])
+        labels = torch.cat([batch.chosen_labels_BL, batch.rejected_labels_BL])
+        return {"inputs": ids[:, :-1], "targets": labels[:, 1:], "index": torch.tensor(indices)}
+    return collate
+
+
+def sft_items(windows) -> List[Dict[str, np.ndarray]]:
+    return [{"tokens": w.tokens, "labels": w.labels, "doc_ids": w.doc_ids} for w in windows]
+
+
 @dataclass
-class Batch:
-    inputs_BT: torch.Tensor
-    targets_BT: torch.Tensor
-    doc_ids_BT: torch.Tensor | None
-    indices_B: torch.Tensor  # global sample indices, for accounting and tests
+class StageData:
+    train: Dataset  # global sample index -> (sample, index)
+    val: Sequence  # held-out (sample, index) pairs, in order
+    collate: Callable[[List], Dict[str, torch.Tensor]]
+    report: str  # what was read and what was skipped, for the console
 
 
-def to_batch(raw: Dict[str, torch.Tensor], device: torch.device, document_masking: bool) -> Batch:
-    tokens = raw["tokens"].to(device, non_blocking=True)
-    doc_ids = raw["doc_ids"][:, :-1].to(device, non_blocking=True) if document_masking else None
-    return Batch(tokens[:, :-1], tokens[:, 1:], doc_ids, raw["index"])
+def stage_data(stage: str, config: DataConfig, tokenizer_folder: Path) -> StageData:
+    if stage in ("pretrain", "midtrain"):
+        train = Windows(TokenWindows(config.path, "train", config.seq_len, seed=config.seed, shuffle=True))
+        val = Windows(TokenWindows(config.path, config.val_split, config.seq_len, shuffle=False))
+        return StageData(train, [val[i] for i in range(len(val))], collate_windows,
+                         f"{len(train):,} windows of {config.seq_len} tokens from {config.path}")
+    tokenizer = Tokenizer.from_file(str(tokenizer_folder / "tokenizer.json"))
+    pad_id = tokenizer.token_to_id("<|pad|>") or 0
+    if stage == "sft":
+        sft = load_sft(config.chat, tokenizer, config.seq_len, pad_id, config.pack, config.chat_val_fraction)
+        report = f"{sft.conversations:,} conversations in {len(sft.train):,} windows (+{len(sft.val)} held out)"
+        train, val, collate, skipped = sft_items(sft.train), sft_items(sft.val), collate_windows, sft.skipped
+    elif stage == "dpo":
+        train, val, skipped = load_pairs(config.chat, tokenizer, config.seq_len, config.chat_val_fraction)
+        report, collate = f"{len(train):,} preference pairs (+{len(val)} held out)", collate_preferences(pad_id)
+    else:
+        raise ValueError(f"stage={stage!r} is unknown; use pretrain, midtrain, sft or dpo")
+    if skipped.counts:
+        report += f"; skipped {sum(skipped.counts.values())}: {skipped.report()}"
+    return StageData(Indexed(train, config.seed), [(item, i) for i, item in enumerate(val)], collate, report)
 
 
 def check_batch_sizes(global_batch: int, micro_batch: int, ranks: int) -> int:
@@ -71,19 +132,24 @@ def check_batch_sizes(global_batch: int, micro_batch: int, ranks: int) -> int:
     return global_batch // (micro_batch * ranks)
 
 
-def train_loader(config: DataConfig, consumed: int, global_batch: int, micro_batch: int, rank: int, ranks: int) -> DataLoader:
-    windows = TokenWindows(config.path, "train", config.seq_len, seed=config.seed, shuffle=True)
+def train_loader(data: StageData, workers: int, consumed: int, global_batch: int, micro_batch: int, rank: int,
+                 ranks: int) -> DataLoader:
     sampler = GlobalBatchSampler(consumed, global_batch, rank, ranks)
-    return DataLoader(WindowDataset(windows), batch_size=micro_batch, sampler=sampler, num_workers=config.num_workers,
-                      persistent_workers=config.num_workers > 0)
+    return DataLoader(data.train, batch_size=micro_batch, sampler=sampler, num_workers=workers,
+                      collate_fn=data.collate, persistent_workers=workers > 0)
 
 
-def validation_batches(config: DataConfig, micro_batch: int, samples: int, rank: int, ranks: int):
-    """The same held-out windows every time, whatever the number of ranks: the first `samples` windows
-    of the validation split (unshuffled), dealt round-robin to the ranks, in micro-batches."""
-    windows = TokenWindows(config.path, config.val_split, config.seq_len, shuffle=False)
-    dataset = WindowDataset(windows)
-    indices = [i % len(windows) for i in range(rank, samples, ranks)]
-    for start in range(0, len(indices), micro_batch):
-        items = [dataset[i] for i in indices[start : start + micro_batch]]
-        yield {key: torch.stack([item[key] for item in items]) for key in items[0]}
+def validation_batches(data: StageData, micro_batch: int, samples: int, rank: int, ranks: int):
+    """The same held-out samples every time, whatever the number of ranks: the first `samples`, dealt
+    round-robin to the ranks, in micro-batches."""
+    mine = [data.val[i % len(data.val)] for i in range(rank, min(samples, len(data.val)), ranks)]
+    for start in range(0, len(mine), micro_batch):
+        yield data.collate(mine[start : start + micro_batch])
+
+
+def to_device(batch: Dict[str, torch.Tensor], device: torch.device, document_masking: bool) -> Dict[str, torch.Tensor]:
+    moved = {key: value.to(device, non_blocking=True) for key, value in batch.items() if key != "index"}
+    if not document_masking:
+        moved.pop("doc_ids", None)
+    moved["index"] = batch["index"]
+    return moved

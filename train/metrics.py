@@ -109,6 +109,8 @@ def format_line(record: Dict[str, object], max_steps: int) -> str:
     parts = [f"step {record['step']:>5}/{max_steps}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}",
              f"grad {record['grad_norm']:.3f}", f"{record['tokens_per_s']:,.0f} tok/s",
              f"MFU {100 * record['mfu']:.1f}%", f"mem {record['memory_gb']:.2f} GB"]
+    if "reward_accuracy" in record:  # DPO
+        parts.append(f"reward acc {record['reward_accuracy']:.3f} | margin {record['reward_margin']:.3f}")
     if "aux_loss" in record:  # MoE: the worst-balanced layer on the console; every layer in JSONL and W&B
         cv = [v for k, v in record.items() if k.endswith("/load_cv")]
         zero = [v for k, v in record.items() if k.endswith("/zero_fraction")]

@@ -26,15 +26,15 @@ from torch.distributed.tensor import DTensor
 from data.reader import PreparedData
 from train.checkpoint import Checkpointer, latest_complete
 from train.config import TrainConfig
-from train.data_loader import check_batch_sizes, to_batch, train_loader, validation_batches
+from train.data_loader import check_batch_sizes, stage_data, to_device, train_loader, validation_batches
 from train.distributed import World, all_reduce_sum, init_world
-from train.loss import IGNORE, cross_entropy_sum
 from train.metrics import MetricsLogger, Throughput, format_line, memory_gb, peak_tflops
 from train.model import load_model, save_model
 from train.model.checkpoint import model_from_state_dict
 from train.model.config import apply_overrides, to_model_config
 from train.model.inspect import summarize
 from train.model.moe.metrics import moe_metrics
+from train.objectives import build_objective
 from train.model.transformer import Transformer
 from train.optim import build_optimizer, build_scheduler
 from train.parallelize import DTYPES, parallelize
@@ -50,6 +50,16 @@ def initial_state_dict(config: TrainConfig) -> Dict[str, torch.Tensor]:
         return load_model(config.checkpoint.init_from).state_dict()
     torch.manual_seed(config.trainer.seed)
     return Transformer(config.model).state_dict()
+
+
+def full_initial_model(config: TrainConfig) -> Transformer:
+    """The whole model with its initial weights, on CPU, built on every rank (expert parallelism): the
+    same seeded init as initial_state_dict, or the weights of checkpoint.init_from."""
+    torch.manual_seed(config.trainer.seed)
+    model = Transformer(config.model)
+    if config.checkpoint.init_from:
+        model.load_state_dict(load_model(config.checkpoint.init_from).state_dict(), strict=True)
+    return model
 
 
 def resolve_model_config(config: TrainConfig) -> None:
@@ -84,12 +94,25 @@ class Trainer:
         if config.trainer.deterministic:
             torch.use_deterministic_algorithms(True)
         self.run_dir = config.run_dir
-        self.check_data()
+        if config.stage in ("sft", "dpo") and not config.checkpoint.init_from:
+            raise ValueError(f"stage={config.stage} starts from a model: set checkpoint.init_from=<a model folder>")
+        if config.stage in ("pretrain", "midtrain"):
+            self.check_data()
+        # the tokenizer travels with the model: the prepared data's for pre-training, the start model's after
+        self.tokenizer_folder = Path(config.checkpoint.init_from or config.data.path)
+        if not (self.tokenizer_folder / "tokenizer.json").is_file():
+            self.tokenizer_folder = Path(config.data.path)
+        self.data = stage_data(config.stage, config.data, self.tokenizer_folder)
+        self.say(f"data: {self.data.report}")
         self.dp_ranks = self.world.size
         self.accum = check_batch_sizes(config.trainer.global_batch_size, config.trainer.micro_batch_size, self.dp_ranks)
 
         self.model = self.build_model()
         self.moe_layer_ids = self.model.moe_layer_ids()
+        reference = None
+        if config.stage == "dpo":  # the frozen reference: the starting model, sharded like the policy
+            reference = self.build_model().eval().requires_grad_(False)
+        self.objective = build_objective(config.stage, config.dpo, config.trainer.loss_chunk_tokens, reference)
         self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.max_steps)
         self.step, self.samples_consumed, self.tokens_seen, self.skipped_in_a_row = 0, 0, 0, 0
@@ -131,7 +154,12 @@ class Trainer:
             )
 
     def build_model(self) -> torch.nn.Module:
-        """Build on the meta device, shard, allocate on the real device, then broadcast rank 0's weights."""
+        """Build on the meta device, shard, allocate on the real device, then broadcast rank 0's weights.
+        With expert parallelism (parallel.ep > 1) the ranks of an ep group keep different experts, so
+        every rank builds the full model with real weights (the same seeded init, or checkpoint.init_from)
+        and parallelize() cuts out its own experts before sharding (FSDP moves the shards to the device)."""
+        if self.config.parallel.ep > 1:
+            return parallelize(full_initial_model(self.config), self.config.parallel, self.world).to(self.world.device)
         with torch.device("meta"):
             model = Transformer(self.config.model)
         model = parallelize(model, self.config.parallel, self.world)
@@ -151,27 +179,26 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def loss_sum(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of the token losses, the model's auxiliary loss: MoE balancing, zero without MoE)."""
-        hidden_BTD = self.model.hidden_states(batch.inputs_BT, batch.doc_ids_BT)
-        loss = cross_entropy_sum(hidden_BTD.flatten(0, 1), self.model.output_weight(), batch.targets_BT.reshape(-1),
-                                 self.config.trainer.loss_chunk_tokens)
-        return loss, self.model.aux_loss()
+    def loss_sum(self, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+        """(sum of the losses, the model's auxiliary loss (MoE balancing; zero without MoE), sums of statistics)."""
+        return self.objective(self.model, batch)
 
     def train_step(self, micro_batches) -> Optional[Dict[str, float]]:
         device = self.world.device
-        targets = sum(int((b.targets_BT != IGNORE).sum()) for b in micro_batches)
-        global_targets = all_reduce_sum(torch.tensor(float(targets), device=device)).item()
-        # FSDP averages gradients over the dp ranks, so scale each rank's sum by ranks / global tokens.
-        scale = self.dp_ranks / global_targets
-        total, aux_total = torch.zeros((), device=device), torch.zeros((), device=device)
+        local = [sum(self.objective.count(b) for b in micro_batches), sum(b["inputs"].numel() for b in micro_batches)]
+        global_count, self.step_tokens = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device)).tolist()
+        # FSDP averages gradients over the dp ranks, so scale each rank's sum by ranks / global count.
+        scale = self.dp_ranks / global_count
+        total, aux_total, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
         for batch in micro_batches:
-            loss, aux = self.loss_sum(batch)
+            loss, aux, batch_stats = self.loss_sum(batch)
             # the auxiliary loss is a mean per micro-batch: averaged over micro-batches here, over ranks by FSDP
             (loss * scale + aux / len(micro_batches)).backward()
             total += loss.detach()
             aux_total += aux.detach() / len(micro_batches)
-        loss = (all_reduce_sum(total) / global_targets).item()
+            for key, value in batch_stats.items():
+                stats[key] = stats.get(key, 0.0) + value.detach()
+        loss = (all_reduce_sum(total) / global_count).item()
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -182,6 +209,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         result = {"loss": loss, "grad_norm": grad_norm, "lr": lr}
+        result.update({key: (all_reduce_sum(value) / global_count).item() for key, value in stats.items()})
         if self.moe_layer_ids:
             result["aux_loss"] = (all_reduce_sum(aux_total) / self.world.size).item()
             result.update(self.balance_experts())
@@ -208,19 +236,25 @@ class Trainer:
         return None
 
     @torch.no_grad()
-    def validate(self) -> float:
+    def validate(self) -> Dict[str, float]:
+        """Loss (and the objective's statistics, e.g. DPO reward accuracy) on the held-out samples."""
         self.model.eval()
-        total = torch.zeros((), device=self.world.device)
-        count = torch.zeros((), device=self.world.device)
-        cfg = self.config
-        for raw in validation_batches(cfg.data, cfg.trainer.micro_batch_size, cfg.trainer.val_samples,
+        device, cfg = self.world.device, self.config
+        total, count, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
+        for raw in validation_batches(self.data, cfg.trainer.micro_batch_size, cfg.trainer.val_samples,
                                       self.world.rank, self.world.size):
-            batch = to_batch(raw, self.world.device, cfg.data.document_masking)
-            total += self.loss_sum(batch)[0]
-            count += (batch.targets_BT != IGNORE).sum()
+            batch = to_device(raw, device, cfg.data.document_masking)
+            loss, _, batch_stats = self.loss_sum(batch)
+            total += loss
+            count += self.objective.count(batch)
+            for key, value in batch_stats.items():
+                stats[key] = stats.get(key, 0.0) + value
         self.model.train()
         self.model.reset_expert_loads()  # validation's routing does not count towards balancing
-        return (all_reduce_sum(total) / all_reduce_sum(count)).item()
+        count = all_reduce_sum(count)
+        result = {"val_loss": (all_reduce_sum(total) / count).item()}
+        result.update({f"val_{key}": (all_reduce_sum(value) / count).item() for key, value in stats.items()})
+        return result
 
     def save(self) -> None:
         if self.checkpointer.last_saved_step == self.step:
@@ -232,32 +266,31 @@ class Trainer:
     def record_samples(self, micro_batches) -> None:
         path = self.run_dir / "samples" / f"rank_{self.world.rank}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        indices = [i for b in micro_batches for i in b.indices_B.tolist()]
+        indices = [i for b in micro_batches for i in b["index"].tolist()]
         with open(path, "a") as f:
             f.write(f'{{"step": {self.step + 1}, "indices": {indices}}}\n')
 
     def train(self) -> Dict[str, float]:
         cfg = self.config
         trainer, max_steps = cfg.trainer, cfg.trainer.max_steps
-        loader = iter(train_loader(cfg.data, self.samples_consumed, trainer.global_batch_size, trainer.micro_batch_size,
-                                   self.world.rank, self.world.size))
-        tokens_per_step = trainer.global_batch_size * cfg.data.seq_len
+        loader = iter(train_loader(self.data, cfg.data.num_workers, self.samples_consumed, trainer.global_batch_size,
+                                   trainer.micro_batch_size, self.world.rank, self.world.size))
         self.say(f"training {cfg.stage} in {self.run_dir}: {self.world.size} rank(s) on {self.world.device.type}, "
                  f"{self.accum} micro-batch(es) of {trainer.micro_batch_size} per rank per step, "
-                 f"{tokens_per_step:,} tokens per step")
+                 f"{trainer.global_batch_size} samples of up to {cfg.data.seq_len} tokens per step")
         last: Dict[str, float] = {}
         self.model.train()
         self.throughput.reset()
         while self.step < max_steps:
-            micro_batches = [to_batch(next(loader), self.world.device, cfg.data.document_masking) for _ in range(self.accum)]
+            micro_batches = [to_device(next(loader), self.world.device, cfg.data.document_masking) for _ in range(self.accum)]
             if trainer.record_samples:
                 self.record_samples(micro_batches)
             result = self.train_step(micro_batches)
             self.samples_consumed += trainer.global_batch_size
-            self.throughput.add(tokens_per_step)
+            self.throughput.add(self.step_tokens)
             if result is not None:
                 self.step += 1
-                self.tokens_seen += tokens_per_step
+                self.tokens_seen += int(self.step_tokens)
                 last = result
                 if self.step % trainer.log_every == 0 or self.step == max_steps:
                     rate, mfu = self.throughput.read()
@@ -266,9 +299,11 @@ class Trainer:
                     self.metrics.log(record)
                     self.say(format_line(record, max_steps))
                 if (trainer.val_every and self.step % trainer.val_every == 0) or self.step == max_steps:
-                    last["val_loss"] = self.validate()
-                    self.metrics.log({"step": self.step, "val_loss": last["val_loss"]})
-                    self.say(f"step {self.step:>5}/{max_steps} | val loss {last['val_loss']:.4f}")
+                    evaluation = self.validate()
+                    last.update(evaluation)
+                    self.metrics.log({"step": self.step, **evaluation})
+                    self.say(f"step {self.step:>5}/{max_steps} | " + " | ".join(
+                        f"{key.replace('_', ' ')} {value:.4f}" for key, value in evaluation.items()))
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.save()
             if self.agreed_to_stop():
@@ -280,7 +315,7 @@ class Trainer:
             self.export_model()
         self.checkpointer.wait()
         final = self.checkpointer.root / f"step_{self.step:08d}"
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k in ("loss", "val_loss"))
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k in ("loss", "val_loss", "val_reward_accuracy"))
         self.say(f"{cfg.stage} finished at step {self.step}{': ' + scores if scores else ''}\n"
                  f"  checkpoint {final.resolve()}\n  model      {(self.run_dir / 'model').resolve()}\n"
                  f"  metrics    {(self.run_dir / 'metrics.jsonl').resolve()}")
@@ -292,10 +327,9 @@ class Trainer:
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.world.is_main:
             folder = save_model(model_from_state_dict(self.config.model, full), self.run_dir / "model")
-            data = PreparedData(self.config.data.path)
             for name in ("tokenizer.json", "tokenizer_config.json"):
-                if (data.path / name).is_file():
-                    shutil.copy(data.path / name, folder / name)
+                if (self.tokenizer_folder / name).is_file():
+                    shutil.copy(self.tokenizer_folder / name, folder / name)
         dist.barrier()
 
     def close(self) -> None:

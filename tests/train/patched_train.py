@@ -32,12 +32,12 @@ def train_step(self, micro_batches):
 
 
 def loss_sum(self, batch):
-    loss, aux = original_loss_sum(self, batch)
+    loss, aux, stats = original_loss_sum(self, batch)
     step = self.step + 1
     if kind == "nan" and step == int(fault["step"]) and self.model.training and step not in poisoned_steps:
         loss = loss * torch.tensor(float("nan"))
         poisoned_steps.add(step)
-    return loss, aux
+    return loss, aux, stats
 
 
 Trainer.train_step, Trainer.loss_sum = train_step, loss_sum
