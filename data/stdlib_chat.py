@@ -1,22 +1,27 @@
 """The embedded default for SFT and DPO: questions about the Python standard library, answered by its docstrings.
 
-Offline and deterministic for a Python version: a fixed list of modules is walked, and every public function
-or class, and every public method they define, with a docstring becomes one question ("What does `json.dumps` do?", phrased one of a few ways
-chosen by a checksum of the name, with a system message on some) answered by the first paragraph of its
-docstring. A preference pair asks the same question with the right description chosen and another
+Offline and deterministic for a Python version: a fixed list of modules is walked, and every public
+function, class and method with a docstring becomes one question ("What does `json.dumps` do?", phrased
+one of a few ways chosen by a checksum of the name, with a system message on some) answered by the first
+paragraph of its docstring. A preference pair asks the same question with the right description chosen and another
 function's description rejected (a different function, also chosen by checksum): a model that learned the
 SFT data should put more probability on the chosen one, so reward accuracy on held-out pairs is meaningful.
+
+The walk runs in a fresh interpreter without site-packages (`python -I -S this_file`): libraries imported
+by the caller patch the standard library (transformers adds methods to logging.Logger, pytest replaces
+sys.unraisablehook), which would change the examples, and with them the held-out split, from one
+process to the next. This file therefore imports only the standard library at its top.
 """
 
 import functools
 import importlib
 import inspect
+import json
+import subprocess
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import List, Tuple
-
-from data.conversations import Conversation
-from data.preferences import PreferencePair
 
 MODULES = (
     "builtins", "abc", "argparse", "array", "base64", "binascii", "bisect", "calendar", "cmath", "codecs", "collections",
@@ -81,32 +86,44 @@ def public_objects(module_name: str):
                     yield f"{short}.{method}", getattr(obj, method)
 
 
-@functools.lru_cache(maxsize=1)
-def entries() -> Tuple[Entry, ...]:
-    """Every documented public function, class and method of MODULES, in order; an object re-exported by a
-    later module keeps its first name."""
+def documented() -> List[Tuple[str, str, str]]:
+    """(module, name inside it, answer) for every documented public function, class and method of MODULES,
+    in order; an object re-exported by a later module keeps its first name."""
     seen, found = {}, []  # id -> object: holding it keeps the id from being reused by a later object
     for module_name in MODULES:
         for short, obj in public_objects(module_name):
             # the object's own docstring: inspect.getdoc would inherit a base class's
             answer = first_paragraph(obj.__doc__, short) if isinstance(obj.__doc__, str) else ""
-            if id(obj) in seen or not 20 <= len(answer) <= 800:
-                continue
-            seen[id(obj)] = obj
-            name = f"{module_name}.{short}"
-            code = checksum(name)
-            question = QUESTIONS[code % len(QUESTIONS)].format(name=name, short=short, module=module_name)
-            system = [{"role": "system", "content": SYSTEMS[code // 7 % len(SYSTEMS)]}] if code % 3 == 0 else []
-            found.append(Entry(name, system + [{"role": "user", "content": question}], answer))
+            if id(obj) not in seen and 20 <= len(answer) <= 800:
+                seen[id(obj)] = obj
+                found.append((module_name, short, answer))
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def entries() -> Tuple[Entry, ...]:
+    """The questions and answers, walked in a pristine interpreter (see the module's docstring)."""
+    walk = subprocess.run([sys.executable, "-I", "-S", __file__], capture_output=True, text=True, check=True)
+    found = []
+    for module_name, short, answer in json.loads(walk.stdout):
+        name = f"{module_name}.{short}"
+        code = checksum(name)
+        question = QUESTIONS[code % len(QUESTIONS)].format(name=name, short=short, module=module_name)
+        system = [{"role": "system", "content": SYSTEMS[code // 7 % len(SYSTEMS)]}] if code % 3 == 0 else []
+        found.append(Entry(name, system + [{"role": "user", "content": question}], answer))
     return tuple(found)
 
 
-def sft_conversations() -> List[Conversation]:
+def sft_conversations() -> List["Conversation"]:
+    from data.conversations import Conversation  # not at the top: this file also runs without site-packages
+
     return [Conversation(e.question + [{"role": "assistant", "content": e.answer}], f"stdlib:{e.name}") for e in entries()]
 
 
-def preference_pairs() -> List[PreferencePair]:
+def preference_pairs() -> List["PreferencePair"]:
     """Every other entry (by checksum) as a pair: its description chosen, another entry's rejected."""
+    from data.preferences import PreferencePair  # not at the top: this file also runs without site-packages
+
     all_entries = entries()
     pairs = []
     for index, entry in enumerate(all_entries):
@@ -118,3 +135,7 @@ def preference_pairs() -> List[PreferencePair]:
             other = (other + 1) % len(all_entries)
         pairs.append(PreferencePair(entry.question, entry.answer, all_entries[other].answer, f"stdlib:{entry.name}"))
     return pairs
+
+
+if __name__ == "__main__":
+    print(json.dumps(documented()))
