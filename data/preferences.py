@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
+import torch
 from tokenizers import Tokenizer
 
 from data.chat import IGNORE, Message, encode_conversation
@@ -136,20 +136,18 @@ def encode_pair(tokenizer: Tokenizer, pair: PreferencePair, max_length: int, ski
 
 @dataclass
 class PreferenceBatch:
-    """numpy like data/reader.py's windows (the trainer wraps them with torch.from_numpy)."""
-
-    chosen_ids_BL: np.ndarray  # int64, PAD after each sequence
-    chosen_labels_BL: np.ndarray  # int64, IGNORE on prompts and padding; targets are labels[:, 1:]
-    rejected_ids_BL: np.ndarray
-    rejected_labels_BL: np.ndarray
+    chosen_ids_BL: torch.Tensor  # int64, PAD after each sequence
+    chosen_labels_BL: torch.Tensor  # int64, IGNORE on prompts and padding; targets are labels[:, 1:]
+    rejected_ids_BL: torch.Tensor
+    rejected_labels_BL: torch.Tensor
 
 
 def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> PreferenceBatch:
     """Right-padded to one length L for both sides, so chosen and rejected can run as one [2B, L] batch."""
     length = max(max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs)
 
-    def padded(rows: List[List[int]], fill: int) -> np.ndarray:
-        return np.array([row + [fill] * (length - len(row)) for row in rows], dtype=np.int64)
+    def padded(rows: List[List[int]], fill: int) -> torch.Tensor:
+        return torch.tensor([row + [fill] * (length - len(row)) for row in rows], dtype=torch.long)
 
     return PreferenceBatch(
         padded([p.chosen_ids for p in pairs], pad_id), padded([p.chosen_labels for p in pairs], IGNORE),

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from data.chat import IGNORE, encode_conversation, encode_prompt
 from data.config import TokenizerConfig
@@ -109,7 +110,7 @@ def test_collate_pads_both_sides_to_one_length(tokenizer):
     length = max(len(s) for e in encoded for s in (e.chosen_ids, e.rejected_ids))
     for name in ("chosen", "rejected"):
         ids_BL, labels_BL = getattr(batch, f"{name}_ids_BL"), getattr(batch, f"{name}_labels_BL")
-        assert ids_BL.shape == labels_BL.shape == (2, length)
+        assert ids_BL.shape == labels_BL.shape == (2, length) and ids_BL.dtype == labels_BL.dtype == torch.long
         for row, e in enumerate(encoded):
             n = len(getattr(e, f"{name}_ids"))
             assert ids_BL[row, :n].tolist() == getattr(e, f"{name}_ids") and (ids_BL[row, n:] == PAD).all()
