@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from omegaconf import OmegaConf
+
 from launch.local import torchrun_command
 
 TRAIN_STAGES = ("pretrain", "midtrain", "sft", "dpo")
@@ -97,7 +99,8 @@ def main(argv=None) -> int:
                                                               *overrides["train"], *overrides[stage]])
             run(command, logs / f"{stage}.log")
         if stage in ("pretrain", "midtrain"):
-            passkey["before YaRN" if stage == "pretrain" else "after YaRN"] = passkey_scores(run_dir / "model", logs)
+            context = OmegaConf.load(runs / "pretrain" / "config.yaml").data.seq_len
+            passkey["before YaRN" if stage == "pretrain" else "after YaRN"] = passkey_scores(run_dir / "model", context, logs)
     chats["after DPO"] = chat(runs / "dpo" / "model", logs)
     run([python, "-m", "train.export", f"checkpoint={runs / 'dpo' / 'model'}", f"out={out / 'hf'}"], logs / "export.log")
 
@@ -107,16 +110,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def passkey_scores(model_dir: Path, logs: Path) -> Dict[str, float]:
-    context = json.loads((model_dir.parent / "metrics.jsonl").read_text().splitlines()[0]) and None
-    config = (model_dir.parent / "config.yaml").read_text()
-    seq_len = int(re.search(r"^  seq_len: (\d+)", config, re.M).group(1))
-    original = seq_len if "kind: yarn" not in (model_dir / "model.yaml").read_text() else \
-        int(re.search(r"original_context: (\d+)", (model_dir / "model.yaml").read_text()).group(1))
-    output = run([sys.executable, "-m", "train.passkey", f"checkpoint={model_dir}", f"context={original}"],
+def passkey_scores(model_dir: Path, context: int, logs: Path) -> Dict[str, float]:
+    """Passkey accuracy at 1x, 2x and 4x the pre-training context."""
+    output = run([sys.executable, "-m", "train.passkey", f"checkpoint={model_dir}", f"context={context}"],
                  logs / "passkey.log")
-    del context
-    return {k: float(v) for k, v in re.findall(r"(\d+x) ([\d.]+)", output.splitlines()[-1])}
+    return {k: float(v) for k, v in re.findall(r"(\d+x) ([\d.]+)", output.strip().splitlines()[-1])}
 
 
 def chat(model_dir: Path, logs: Path) -> str:

@@ -141,10 +141,15 @@ def train_loader(data: StageData, workers: int, consumed: int, global_batch: int
 
 def validation_batches(data: StageData, micro_batch: int, samples: int, rank: int, ranks: int):
     """The same held-out samples every time, whatever the number of ranks: the first `samples`, dealt
-    round-robin to the ranks, in micro-batches."""
-    mine = [data.val[i % len(data.val)] for i in range(rank, min(samples, len(data.val)), ranks)]
-    for start in range(0, len(mine), micro_batch):
-        yield data.collate(mine[start : start + micro_batch])
+    round-robin to the ranks, in micro-batches, as (batch, counts). Every rank runs the same number of
+    forwards (sharded models gather their weights collectively): a rank that has run out repeats its
+    last batch with counts=False, to be left out of the sums."""
+    n = min(samples, len(data.val))
+    mine = [data.val[i] for i in range(rank, n, ranks)]
+    per_rank = -(-n // ranks)  # the most any rank holds
+    for start in range(0, per_rank, micro_batch):
+        chunk = mine[start : start + micro_batch]
+        yield data.collate(chunk or mine[-micro_batch:] or data.val[:1]), bool(chunk)
 
 
 def to_device(batch: Dict[str, torch.Tensor], device: torch.device, document_masking: bool) -> Dict[str, torch.Tensor]:

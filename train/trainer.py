@@ -37,6 +37,7 @@ from train.model.moe.metrics import moe_metrics
 from train.objectives import build_objective
 from train.model.transformer import Transformer
 from train.optim import build_optimizer, build_scheduler
+from train.expert_parallel import grad_norm_and_clip, global_experts
 from train.parallelize import DTYPES, parallelize
 
 
@@ -62,6 +63,21 @@ def full_initial_model(config: TrainConfig) -> Transformer:
     return model
 
 
+def gathered_experts(model: torch.nn.Module, keep: bool) -> Dict[str, torch.Tensor]:
+    """With expert parallelism, every expert parameter with ALL its experts [E, ...] (gathered over edp
+    and the ep group; a collective, every rank calls it), on CPU where `keep`, else {}. Without EP: {}."""
+    ep = getattr(model, "expert_parallel", None)
+    if ep is None:
+        return {}
+    sharded = get_model_state_dict(model)  # FSDP's sharded parameters, the local experts over edp
+    gathered = {}
+    for name in ep.expert_parameter_names:
+        tensor = global_experts(sharded[name], ep).full_tensor()
+        if keep:
+            gathered[name] = tensor.cpu()
+    return gathered
+
+
 def resolve_model_config(config: TrainConfig) -> None:
     """With checkpoint.init_from, the model is the folder's (the `model=` preset is not used), changed
     by checkpoint.init_overrides; the resolved config is what config.yaml records."""
@@ -77,13 +93,8 @@ def resolve_model_config(config: TrainConfig) -> None:
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
     """Global L2 norm of all gradients (over every shard of every rank), clipped when max_norm > 0."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
-    if isinstance(norm, DTensor):  # partial per-shard norms -> the full norm, reduced over the mesh
-        norm = norm.full_tensor()
-    if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm, foreach=True)
-    return norm
+    # dense gradients on the dp mesh, expert gradients (parallel.ep > 1) on the edp mesh: see there
+    return grad_norm_and_clip([p.grad for p in parameters if p.grad is not None], max_norm)
 
 
 class Trainer:
@@ -241,10 +252,12 @@ class Trainer:
         self.model.eval()
         device, cfg = self.world.device, self.config
         total, count, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
-        for raw in validation_batches(self.data, cfg.trainer.micro_batch_size, cfg.trainer.val_samples,
-                                      self.world.rank, self.world.size):
+        for raw, counts in validation_batches(self.data, cfg.trainer.micro_batch_size, cfg.trainer.val_samples,
+                                              self.world.rank, self.world.size):
             batch = to_device(raw, device, cfg.data.document_masking)
             loss, _, batch_stats = self.loss_sum(batch)
+            if not counts:
+                continue
             total += loss
             count += self.objective.count(batch)
             for key, value in batch_stats.items():
@@ -325,6 +338,7 @@ class Trainer:
         """The final weights, gathered on rank 0, as a plain model folder (model.yaml + model.safetensors
         + the tokenizer): what `load_model`, `train.export` and the next stage's `checkpoint.init_from` read."""
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full.update(gathered_experts(self.model, self.world.is_main))
         if self.world.is_main:
             folder = save_model(model_from_state_dict(self.config.model, full), self.run_dir / "model")
             for name in ("tokenizer.json", "tokenizer_config.json"):

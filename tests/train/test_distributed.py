@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from train_helpers import consumed_indices, losses, run_training
+from train_helpers import consumed_indices, losses, metrics, run_training
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +21,11 @@ def final_weights(run_dir, step, tmp_path):
                          ids=["fsdp-2", "hsdp-2x2"])
 def test_sharded_ranks_equal_one_process(prepared_data, tmp_path, nproc, layout):
     one, two = tmp_path / "one", tmp_path / "many"
-    run_training(one, prepared_data, "trainer.max_steps=20")
-    run_training(two, prepared_data, "trainer.max_steps=20", *layout, nproc=nproc)
+    # 9 validation samples: ranks hold unequal shares, and must still run the same number of forwards
+    run_training(one, prepared_data, "trainer.max_steps=20", "trainer.val_samples=9")
+    run_training(two, prepared_data, "trainer.max_steps=20", "trainer.val_samples=9", *layout, nproc=nproc)
+    val = [[r["val_loss"] for r in metrics(d) if "val_loss" in r] for d in (one, two)]
+    assert len(val[0]) == 1 and val[1] == pytest.approx(val[0], rel=1e-5)
     a, b = losses(one), losses(two)
     assert sorted(a) == list(range(1, 21)) and sorted(b) == sorted(a)
     for step in a:
