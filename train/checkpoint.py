@@ -9,6 +9,13 @@ A checkpoint is `run_dir/checkpoints/step_NNNNNNNN/`:
 A save cut off midway has no `.metadata` and is ignored (and removed at the next start); the latest
 complete one is resumed. Async saves run on their own gloo process group, so their collectives never
 interleave with training's.
+
+Expert parallelism (parallel.ep > 1): the ranks of an ep group hold different experts under the same
+names, each [E/ep, ...]. DCP would take them for shards of one tensor, so the saved state sees each
+expert parameter (and its AdamW moments) as the DTensor of ALL E experts over the (ep, edp) mesh
+(train/expert_parallel.global_experts, a view: loading into it loads the parameter). The files are
+then the same as without EP: same keys, same global shapes, and DCP reshards on load, so a checkpoint
+resumes with the same or a different parallel.ep and world size (ep=1 included, both ways).
 """
 
 import json
@@ -23,8 +30,10 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+from torch.distributed.tensor import DTensor
 
 from train.config import CheckpointConfig
+from train.expert_parallel import global_experts
 
 MODES = {"sync": None, "async": AsyncCheckpointerType.THREAD, "async_process": AsyncCheckpointerType.PROCESS}
 
@@ -79,6 +88,20 @@ class Checkpointer:
         model_state, optim_state = get_state_dict(model, optimizer)
         return {"model": model_state, "optim": optim_state}
 
+    @staticmethod
+    def saved_view(state: Dict[str, object], model) -> Dict[str, object]:
+        """What DCP reads and writes: `state`, with the expert tensors of expert parallelism as views
+        of all experts (the module docstring); `state` itself without EP."""
+        ep = getattr(model, "expert_parallel", None)
+        if ep is None:
+            return state
+        names = set(ep.expert_parameter_names)
+        model_state = {k: global_experts(v, ep) if k in names else v for k, v in state["model"].items()}
+        optim = dict(state["optim"])
+        optim["state"] = {k: ({n: global_experts(t, ep) if isinstance(t, DTensor) else t for n, t in v.items()}
+                              if k in names else v) for k, v in optim["state"].items()}
+        return {**state, "model": model_state, "optim": optim}
+
     def save(self, step: int, model, optimizer, trainer_state: Dict[str, object]) -> None:
         import time
 
@@ -90,7 +113,7 @@ class Checkpointer:
             (path / "trainer.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
         dist.barrier(group=self.group)
         torch.save(rng_state(), path / "rng" / f"rank_{self.rank}.pt")
-        state = self.state(model, optimizer)
+        state = self.saved_view(self.state(model, optimizer), model)
         kind = MODES[self.config.mode]
         if kind is None:
             dcp.save(state, checkpoint_id=str(path), process_group=self.group)
@@ -118,7 +141,7 @@ class Checkpointer:
     def load(self, path: Path, model, optimizer) -> Dict[str, object]:
         """Load model and optimizer (resharded to this world) in place; returns the trainer state."""
         state = self.state(model, optimizer)
-        dcp.load(state, checkpoint_id=str(path), process_group=self.group)
+        dcp.load(self.saved_view(state, model), checkpoint_id=str(path), process_group=self.group)  # into `state`
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         rng_file = path / "rng" / f"rank_{self.rank}.pt"
         if rng_file.is_file():  # absent when resuming on more ranks than saved
