@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omegaconf import OmegaConf  # noqa: E402
 
 from train.config import TrainConfig  # noqa: E402
-from train.data_loader import to_batch, train_loader  # noqa: E402
+from train.data_loader import stage_data, to_device  # noqa: E402
 from train.metrics import measure_cpu_tflops  # noqa: E402
 from train.model.config import apply_overrides, load_preset  # noqa: E402
 from train.model.inspect import summarize  # noqa: E402
@@ -54,8 +54,9 @@ def our_config(data: str, precision: str, run_dir: Path, checkpoint_mode: str = 
 
 
 def batches(config: TrainConfig, count: int):
-    loader = iter(train_loader(config.data, 0, BATCH, BATCH, 0, 1))
-    return [to_batch(next(loader), torch.device("cpu"), False) for _ in range(count)]
+    data = stage_data("pretrain", config.data, Path(config.data.path))
+    return [to_device(data.collate([data.train[i * BATCH + j] for j in range(BATCH)]), torch.device("cpu"), False)
+            for i in range(count)]
 
 
 def time_steps(step_fn, data, warmup: int = 2):
@@ -88,8 +89,8 @@ def huggingface(precision: str, data) -> float:
 
     def step(batch):
         with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(input_ids=batch.inputs_BT, labels=None).logits.float()
-            loss = torch.nn.functional.cross_entropy(loss.flatten(0, 1), batch.targets_BT.flatten())
+            logits = model(input_ids=batch["inputs"]).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
