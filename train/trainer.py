@@ -13,7 +13,6 @@ is written, and the process exits cleanly. A restarted run resumes from the late
 import math
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -21,23 +20,22 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-from torch.distributed.tensor import DTensor
 
 from data.reader import PreparedData
 from train.checkpoint import Checkpointer, latest_complete
 from train.config import TrainConfig
 from train.data_loader import check_batch_sizes, stage_data, to_device, train_loader, validation_batches
 from train.distributed import World, all_reduce_sum, init_world
+from train.expert_parallel import global_experts, grad_norm_and_clip
 from train.metrics import MetricsLogger, Throughput, format_line, memory_gb, peak_tflops
 from train.model import load_model, save_model
 from train.model.checkpoint import model_from_state_dict
 from train.model.config import apply_overrides, to_model_config
 from train.model.inspect import summarize
 from train.model.moe.metrics import moe_metrics
-from train.objectives import build_objective
 from train.model.transformer import Transformer
+from train.objectives import build_objective
 from train.optim import build_optimizer, build_scheduler
-from train.expert_parallel import grad_norm_and_clip, global_experts
 from train.parallelize import DTYPES, parallelize
 
 
@@ -45,22 +43,13 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def initial_state_dict(config: TrainConfig) -> Dict[str, torch.Tensor]:
-    """Full weights to start from, built on rank 0 only: a model folder, or a seeded random init."""
+def initial_model(config: TrainConfig) -> Transformer:
+    """The whole model with its initial weights, on CPU: checkpoint.init_from's weights (under the
+    resolved config, e.g. with YaRN switched on), or a seeded random init."""
     if config.checkpoint.init_from:
-        return load_model(config.checkpoint.init_from).state_dict()
+        return model_from_state_dict(config.model, load_model(config.checkpoint.init_from).state_dict())
     torch.manual_seed(config.trainer.seed)
-    return Transformer(config.model).state_dict()
-
-
-def full_initial_model(config: TrainConfig) -> Transformer:
-    """The whole model with its initial weights, on CPU, built on every rank (expert parallelism): the
-    same seeded init as initial_state_dict, or the weights of checkpoint.init_from."""
-    torch.manual_seed(config.trainer.seed)
-    model = Transformer(config.model)
-    if config.checkpoint.init_from:
-        model.load_state_dict(load_model(config.checkpoint.init_from).state_dict(), strict=True)
-    return model
+    return Transformer(config.model)
 
 
 def gathered_experts(model: torch.nn.Module, keep: bool) -> Dict[str, torch.Tensor]:
@@ -170,12 +159,12 @@ class Trainer:
         every rank builds the full model with real weights (the same seeded init, or checkpoint.init_from)
         and parallelize() cuts out its own experts before sharding (FSDP moves the shards to the device)."""
         if self.config.parallel.ep > 1:
-            return parallelize(full_initial_model(self.config), self.config.parallel, self.world).to(self.world.device)
+            return parallelize(initial_model(self.config), self.config.parallel, self.world).to(self.world.device)
         with torch.device("meta"):
             model = Transformer(self.config.model)
         model = parallelize(model, self.config.parallel, self.world)
         model.to_empty(device=self.world.device)
-        full = initial_state_dict(self.config) if self.world.is_main else {}
+        full = initial_model(self.config).state_dict() if self.world.is_main else {}
         set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         return model
 

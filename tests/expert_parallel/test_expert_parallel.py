@@ -3,7 +3,6 @@ all experts and all tokens in one process). Spawned with torch.multiprocessing; 
 
 import os
 import socket
-import sys
 
 import pytest
 import torch

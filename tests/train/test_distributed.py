@@ -1,6 +1,5 @@
 """Pre-training on 1, 2 and 4 gloo ranks: equal losses, exact elastic restarts, resharded resumes."""
 
-import shutil
 
 import pytest
 import torch
