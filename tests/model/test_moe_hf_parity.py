@@ -11,6 +11,7 @@ from transformers import (DeepseekV3Config, DeepseekV3ForCausalLM, GptOssConfig,
 
 from train.model import build_model, load_model
 from train.model.hf import export_hf
+from model_helpers import hf_roundtrip
 
 SMALL = dict(vocab_size=96, hidden_size=64, max_position_embeddings=256, initializer_range=0.1, attn_implementation="eager")
 MLA = dict(num_attention_heads=4, num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12)
@@ -58,17 +59,8 @@ def reference(name):
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            ref = reference(name)
-            directory = tmp_path_factory.mktemp(name)
-            ref.save_pretrained(directory)
-            cache[name] = ref, load_model(directory).eval()
-        return cache[name]
-
-    return get
+    """name -> (transformers model, our model loaded from its save_pretrained directory)."""
+    return hf_roundtrip(tmp_path_factory, reference)
 
 
 # LongCat's identity experts grow the residual stream (layer outputs std ~2 here), so summation-order

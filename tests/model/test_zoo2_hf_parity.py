@@ -13,6 +13,7 @@ from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, Mamba2Config, 
 
 from train.model import build_model, load_model, load_preset, save_model
 from train.model.hf import _architecture, export_hf, hf_config
+from model_helpers import hf_roundtrip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,17 +49,7 @@ def reference(name):
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     """name -> (transformers model, our model loaded from its save_pretrained directory)."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            ref = reference(name)
-            directory = tmp_path_factory.mktemp(name)
-            ref.save_pretrained(directory)
-            cache[name] = ref, load_model(directory).eval()
-        return cache[name]
-
-    return get
+    return hf_roundtrip(tmp_path_factory, reference)
 
 
 def causal_additive_mask(T):

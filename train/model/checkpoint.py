@@ -5,10 +5,12 @@ Project checkpoint: a directory with `model.yaml` (the resolved ModelConfig) and
 model through the adapters in train/model/hf/.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from omegaconf import OmegaConf
@@ -31,23 +33,29 @@ def build_model(preset: str | ModelConfig, **overrides) -> Transformer:
     return Transformer(apply_overrides(config, overrides))
 
 
-def save_model(model: Transformer, directory: str | os.PathLike) -> Path:
-    """Write model.yaml + model.safetensors to `directory` atomically: into a temporary sibling
-    directory first, then renamed, so a crash never leaves a half-written checkpoint."""
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces `directory` in one rename, on
+    failure it is removed, so a crash never leaves a half-written folder under the final name."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
     try:
-        OmegaConf.save(OmegaConf.structured(model.config), tmp / CONFIG_FILE)
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, tmp / WEIGHTS_FILE)
+        yield tmp
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
+
+
+def save_model(model: Transformer, directory: str | os.PathLike) -> Path:
+    """Write model.yaml + model.safetensors to `directory` atomically."""
+    with atomic_directory(directory) as tmp:
+        OmegaConf.save(OmegaConf.structured(model.config), tmp / CONFIG_FILE)
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+    return Path(directory)
 
 
 def load_model(path: str | os.PathLike) -> Transformer:

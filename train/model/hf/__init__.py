@@ -9,13 +9,12 @@ interleaved or partial rope, learned positions for Llama, ... without a list of 
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from train.model.checkpoint import model_from_state_dict
+from train.model.checkpoint import atomic_directory, model_from_state_dict
 from train.model.config import ModelConfig, to_model_config
 from train.model.hf import deepseek_v3, gpt2, gpt_oss, llama, longcat_flash, mamba2, qwen3, qwen3_moe, qwen3_next
 from train.model.hf.weights import from_hf, to_hf
@@ -106,20 +105,12 @@ def export_hf(model: Transformer, out_dir: str | os.PathLike, tokenizer_dir: str
     config = hf_config(model.config)
     adapter = adapter_for_family(model.config.family)
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         save_file(to_hf(state, adapter.WEIGHTS, model.config.num_layers), tmp / "model.safetensors", metadata={"format": "pt"})
         for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
