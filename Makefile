@@ -29,8 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m data
-	$(PY) -m launch.local --nproc 2 stage=pretrain model=llama3_tiny data.path=outputs/data/stdlib
+	$(PY) -m launch.pipeline --nproc 2
 
 test: setup
 	$(PY) -m pytest

@@ -41,12 +41,13 @@ SHAPE = {"dim": 384, "num_layers": 6, "vocab_size": 8192, "max_seq_len": 256, "t
 BATCH, SEQ = 8, 256
 
 
-def our_config(data: str, precision: str, run_dir: Path, checkpoint_mode: str = "sync") -> TrainConfig:
+def our_config(data: str, precision: str, run_dir: Path, checkpoint_mode: str = "sync", compile: bool = False) -> TrainConfig:
     config = TrainConfig(out_dir=str(run_dir.parent), run_name=run_dir.name)
     config.model = apply_overrides(load_preset("llama3"), SHAPE)
     config.data.path, config.data.seq_len, config.data.document_masking = data, SEQ, False
     config.trainer.global_batch_size = config.trainer.micro_batch_size = BATCH
     config.parallel.param_dtype = precision
+    config.parallel.compile = compile
     config.optim.implementation = "fused"
     config.checkpoint.mode, config.checkpoint.every, config.checkpoint.keep = checkpoint_mode, 0, 10
     config.logging.peak_tflops = 1.0  # not used here; skips the trainer's own peak measurement
@@ -134,18 +135,20 @@ def main() -> None:
             peak = measure_cpu_tflops(torch.float32 if precision == "fp32" else torch.bfloat16)
             peer = huggingface(precision, data)
             mine = ours(our_config(args.data, precision, tmp / f"run-{precision}"), data)
-            rows.append((precision, peak, peer, mine))
+            compiled = ours(our_config(args.data, precision, tmp / f"compiled-{precision}", compile=True), data)
+            rows.append((precision, peak, peer, mine, compiled))
         blocking = checkpoint_blocking(args.data, tmp, data)
 
     print(f"Llama 384x6, 6 heads / 2 KV heads, FFN 1024, vocab 8192; batch {BATCH}x{SEQ}; AdamW (fused); "
           f"{torch.get_num_threads()} threads; median of {args.steps} steps")
     print(f"training FLOPs per token (inspector): {flops / 1e6:.1f} M\n")
-    print("| precision | matmul peak TFLOP/s | HF LlamaForCausalLM tok/s | MFU | llm-blocks tok/s | MFU | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for precision, peak, peer, mine in rows:
+    print("| precision | matmul peak TFLOP/s | HF LlamaForCausalLM tok/s | MFU | llm-blocks tok/s | MFU | speed-up "
+          "| + parallel.compile tok/s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for precision, peak, peer, mine, compiled in rows:
         mfu = lambda rate: 100 * rate * flops / (peak * 1e12)  # noqa: E731
         print(f"| {precision} | {peak:.3f} | {peer:,.0f} | {mfu(peer):.1f}% | {mine:,.0f} | {mfu(mine):.1f}% | "
-              f"{mine / peer:.2f}x |")
+              f"{mine / peer:.2f}x | {compiled:,.0f} | {compiled / peer:.2f}x |")
     print("\n| checkpoint mode | blocks training (s) | vs sync |")
     print("|---|---:|---:|")
     for mode, seconds in blocking.items():

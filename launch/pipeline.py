@@ -120,7 +120,7 @@ def passkey_scores(model_dir: Path, context: int, logs: Path) -> Dict[str, float
 def chat(model_dir: Path, logs: Path) -> str:
     output = run([sys.executable, "-m", "train.chat", f"checkpoint={model_dir}", f"prompt='{CHAT_PROMPT}'",
                   "max_new_tokens=48"], logs / "chat.log")
-    return output.strip().splitlines()[-1] if output.strip() else ""
+    return output.strip().splitlines()[-1].removeprefix("assistant:").strip() if output.strip() else ""
 
 
 def render_summary(runs: Path, passkey, chats, out: Path, seconds: float) -> str:

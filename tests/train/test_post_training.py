@@ -2,6 +2,7 @@
 reported with their counts (2 gloo ranks, the tiny Llama, a few steps)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ def start_model(prepared_data, tmp_path_factory):
     return str(run_dir / "model")
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo"])
+@pytest.mark.parametrize("stage", ["midtrain", "sft", "dpo"])
 def test_stage_resumes_after_a_killed_rank(prepared_data, start_model, tmp_path, stage):
     common = [f"stage={stage}", f"checkpoint.init_from={start_model}", "trainer.max_steps=6", "checkpoint.every=3",
               "trainer.deterministic=true", "trainer.val_every=3", "trainer.val_samples=8"]
@@ -45,3 +46,16 @@ def test_bad_rows_are_reported_with_counts(prepared_data, start_model, tmp_path)
     assert "skipped 3" in report
     for reason in ("no assistant", "prompt longer than seq_len", "malformed JSON"):
         assert reason in report, report
+
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (real public data sets) is not on this machine")
+@pytest.mark.parametrize("stage,file", [("sft", "alpaca_5000.json"), ("dpo", "hh_rlhf_harmless_base_test.jsonl.gz")])
+def test_real_public_formats_by_overrides_only(prepared_data, start_model, tmp_path, stage, file):
+    result = run_training(tmp_path / stage, prepared_data, f"stage={stage}", f"checkpoint.init_from={start_model}",
+                          "data.chat.kind=local", f"data.chat.paths=[{SHARED / file}]", "trainer.max_steps=2")
+    report = [line for line in result.stdout.splitlines() if line.startswith("data:")][0]
+    assert ("4,998 conversations" in report) if stage == "sft" else ("preference pairs" in report)
+    assert sorted(losses(tmp_path / stage)) == [1, 2]
