@@ -39,6 +39,10 @@ test-slow: setup
 
 bench: setup
 	$(PY) bench/data_throughput.py
+	$(PY) -m data progress=false
+	$(PY) bench/pretrain_throughput.py
+	$(PY) bench/mixers.py
+	$(PY) bench/moe.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -117,8 +117,9 @@ def stage_data(stage: str, config: DataConfig, tokenizer_folder: Path) -> StageD
         report, collate = f"{len(train):,} preference pairs (+{len(val)} held out)", collate_preferences(pad_id)
     else:
         raise ValueError(f"stage={stage!r} is unknown; use pretrain, midtrain, sft or dpo")
-    if skipped.counts:
-        report += f"; skipped {sum(skipped.counts.values())}: {skipped.report()}"
+    dropped = sum(n for reason, n in skipped.counts.items() if not reason.endswith("(kept)"))
+    if skipped.counts:  # the counts by reason; "(kept)" ones (e.g. truncated) were used, not dropped
+        report += f"; skipped {dropped}: {skipped.report()}"
     return StageData(Indexed(train, config.seed), [(item, i) for i, item in enumerate(val)], collate, report)
 
 
