@@ -16,3 +16,20 @@ def hf_roundtrip(tmp_path_factory, reference):
         return cache[name]
 
     return get
+
+
+def assert_cached_decoding_equals_full(model, ids_BT, prompt: int, tolerance: float):
+    """Prefill `prompt` tokens into a cache, then decode the rest one token at a time: the logits must
+    equal one full forward pass over the whole sequence."""
+    import torch
+
+    from train.model.kv_cache import KVCache
+
+    T = ids_BT.shape[1]
+    with torch.no_grad():
+        full_BTV = model(ids_BT)
+        cache = KVCache(max_len=T)
+        steps = [model(ids_BT[:, :prompt], cache=cache)]
+        steps += [model(ids_BT[:, t : t + 1], cache=cache) for t in range(prompt, T)]
+    assert full_BTV.std() > 0.1
+    torch.testing.assert_close(torch.cat(steps, dim=1), full_BTV, atol=tolerance, rtol=tolerance)

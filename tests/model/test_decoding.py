@@ -5,7 +5,7 @@ import torch
 
 from train.model import build_model, generate
 from train.model.generate import sample_next
-from train.model.kv_cache import KVCache
+from model_helpers import assert_cached_decoding_equals_full
 
 SLIDING = {"mixers.sliding": {"kind": "softmax_attention", "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 16, "window": 4}},
            "layer_mixers": ["sliding", "full"], "num_layers": 4}
@@ -37,14 +37,7 @@ def random_model(preset, overrides):
 def test_incremental_logits_equal_full_forward(name):
     model = random_model(*VARIANTS[name])
     ids_BT = torch.randint(0, 8192, (2, 16))
-    prompt = 10  # longer than the window of 4
-    with torch.no_grad():
-        full_BTV = model(ids_BT)
-        cache = KVCache(max_len=16)
-        steps = [model(ids_BT[:, :prompt], cache=cache)]
-        steps += [model(ids_BT[:, t : t + 1], cache=cache) for t in range(prompt, 16)]
-    assert full_BTV.std() > 0.1
-    torch.testing.assert_close(torch.cat(steps, dim=1), full_BTV, atol=1e-5, rtol=1e-5)
+    assert_cached_decoding_equals_full(model, ids_BT, prompt=10, tolerance=1e-5)  # longer than the window of 4
 
 
 @pytest.mark.parametrize("name", ["gqa", "sliding_sinks"])

@@ -10,6 +10,7 @@ from train.model import build_model, generate
 from train.model.kv_cache import KVCache
 from train.model.mixer.delta_rule import chunked_delta_rule, recurrent_delta_rule
 from train.model.mixer.linear_scan import chunked_linear_attention, recurrent_linear_attention
+from model_helpers import assert_cached_decoding_equals_full
 
 LINEAR_ATTENTION = {"mixers.full": {"kind": "linear_attention", "linear_attention": {"num_heads": 4, "chunk_size": 8}}}
 MODELS = {
@@ -124,14 +125,7 @@ def test_packed_documents_equal_separate_runs(name):
 def test_cached_decoding_equals_full_forward(name):
     model = random_model(name)
     ids_BT = torch.randint(0, 8192, (2, 24))
-    prompt = 11  # a prefill spanning chunks, then one token at a time
-    with torch.no_grad():
-        full_BTV = model(ids_BT)
-        cache = KVCache(max_len=24)
-        steps = [model(ids_BT[:, :prompt], cache=cache)]
-        steps += [model(ids_BT[:, t : t + 1], cache=cache) for t in range(prompt, 24)]
-    assert full_BTV.std() > 0.1
-    torch.testing.assert_close(torch.cat(steps, dim=1), full_BTV, atol=1e-4, rtol=1e-4)
+    assert_cached_decoding_equals_full(model, ids_BT, prompt=11, tolerance=1e-4)  # a prefill spanning chunks, then one token at a time
 
 
 def test_mla_cache_holds_only_latent_and_rope_key():
