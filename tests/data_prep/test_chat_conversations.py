@@ -15,8 +15,8 @@ from data.errors import DataError
 from data.prepare import is_validation
 from data.stdlib_chat import sft_conversations
 from data.tokenizer import train_bpe
+from shared_data import SHARED_DATA as SHARED
 
-SHARED = Path("/work/shared/data")
 PAD = 0
 
 

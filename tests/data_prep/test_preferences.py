@@ -2,7 +2,6 @@
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ from data.config import TokenizerConfig
 from data.conversations import ChatSource, Skipped, split_held_out
 from data.preferences import collate_pairs, encode_pair, load_pairs, read_pairs
 from data.tokenizer import train_bpe
+from shared_data import SHARED_DATA as SHARED
 
-SHARED = Path("/work/shared/data")
 PAD = 0
 
 

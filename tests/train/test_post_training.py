@@ -2,11 +2,11 @@
 reported with their counts (2 gloo ranks, the tiny Llama, a few steps)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from train_helpers import losses, metrics, run_training
+from shared_data import SHARED_DATA as SHARED
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,6 @@ def test_bad_rows_are_reported_with_counts(prepared_data, start_model, tmp_path)
         assert reason in report, report
 
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (real public data sets) is not on this machine")
