@@ -107,7 +107,10 @@ def export_hf(model: Transformer, out_dir: str | os.PathLike, tokenizer_dir: str
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(to_hf(state, adapter.WEIGHTS, model.config.num_layers), tmp / "model.safetensors", metadata={"format": "pt"})
+        hf_state = to_hf(state, adapter.WEIGHTS, model.config.num_layers)
+        if hasattr(adapter, "finish_hf_weights"):  # layouts a rule table cannot express (LongCat's zero-expert rows)
+            hf_state = adapter.finish_hf_weights(hf_state, model.config)
+        save_file(hf_state, tmp / "model.safetensors", metadata={"format": "pt"})
         for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)

@@ -5,6 +5,8 @@ auxiliary-loss-free e_score_correction_bias) chooses among `n_routed_experts` Sw
 `zero_expert_num` zero-computation (identity) experts. transformers keeps the sublayer pairs as
 lists (self_attn.0/1, mlps.0/1, input_layernorm.0/1, post_attention_layernorm.0/1)."""
 
+import torch
+
 from train.model.hf import deepseek_v3, llama
 from train.model.hf.moe import expert_rules, glu_rules, moe_config
 from train.model.hf.weights import Rule
@@ -85,3 +87,16 @@ def config_to_hf(config) -> dict:
         "rope_parameters": llama.position_to_hf(config.position),
         "dtype": "float32",
     }
+
+
+def finish_hf_weights(hf_state: dict, config) -> dict:
+    """transformers' LongcatFlashExperts holds gate/up weights for the zero experts too (gate_up_proj is
+    [E + Z, 2F, D]) that its forward never reads, since a zero expert is the identity: export writes them as
+    zeros, after the E routed experts."""
+    moe = moe_config(config)[0].moe
+    for i in range(config.num_layers):
+        for proj in ("gate_proj", "up_proj"):
+            template = hf_state[f"model.layers.{i}.mlp.experts.0.{proj}.weight"]
+            for e in range(moe.num_experts, moe.num_experts + moe.num_zero_experts):
+                hf_state[f"model.layers.{i}.mlp.experts.{e}.{proj}.weight"] = torch.zeros_like(template)
+    return hf_state
