@@ -99,10 +99,10 @@ def config_from_hf(hf: dict, family: str = FAMILY, qk_norm: bool = False, window
     }
 
 
-def config_to_hf(config, model_type: str = MODEL_TYPE, architecture: str = ARCHITECTURE) -> dict:
-    """The Llama-style config.json. Features it cannot express are caught by the round-trip check
-    in hf/__init__.py, not here."""
-    attn, ffn = config.layer_mixer(0).attention, config.layer_ffn(0)
+def config_to_hf(config, model_type: str = MODEL_TYPE, architecture: str = ARCHITECTURE, attn=None, ffn=None) -> dict:
+    """The Llama-style config.json, from the first layer's attention and feed-forward unless given (hybrid
+    families pass theirs). Features it cannot express are caught by the round-trip check in hf/__init__.py."""
+    attn, ffn = attn or config.layer_mixer(0).attention, ffn or config.layer_ffn(0)
     hf_act = {ours: theirs for theirs, ours in HF_ACTIVATIONS.items()}
     return {
         "architectures": [architecture],

@@ -63,26 +63,8 @@ def config_to_hf(config) -> dict:
         raise ValueError("Qwen3NextForCausalLM export needs at least one gated_deltanet and one softmax_attention layer")
     ffns = [config.layer_ffn(i) for i in range(config.num_layers)]
     ffn = next((f for f in ffns if f.kind == "glu"), ffns[0])
-    hf_act = {ours: theirs for theirs, ours in llama.HF_ACTIVATIONS.items()}
-    rope = {**llama.position_to_hf(config.position), "partial_rotary_factor": config.position.rotary_fraction}
-    hf = {
-        "architectures": [ARCHITECTURE],
-        "model_type": MODEL_TYPE,
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.dim,
-        "intermediate_size": ffn.hidden_dim,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": attn.num_heads,
-        "num_key_value_heads": attn.num_kv_heads or attn.num_heads,
-        "head_dim": attn.head_dim or config.dim // attn.num_heads,
-        "attention_bias": attn.qkv_bias,
-        "hidden_act": hf_act.get(ffn.activation, ffn.activation),
-        "max_position_embeddings": config.max_seq_len,
-        "rms_norm_eps": config.norm.eps,
-        "tie_word_embeddings": config.tie_embeddings,
-        "rope_parameters": rope,
-        "dtype": "float32",
-    }
+    hf = llama.config_to_hf(config, MODEL_TYPE, ARCHITECTURE, attn=attn, ffn=ffn)
+    hf["rope_parameters"] = {**hf["rope_parameters"], "partial_rotary_factor": config.position.rotary_fraction}
     hf.update(
         layer_types=[kinds[m.kind] for m in mixers],
         mlp_only_layers=[i for i, f in enumerate(ffns) if f.kind != "moe"],
