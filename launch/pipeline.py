@@ -6,7 +6,8 @@ Each training stage runs on `--nproc` local processes through elastic torchrun (
 starts from the previous stage's `model/` folder. A finished stage (its `model/` exists) is skipped on
 re-run; an interrupted one resumes from its latest checkpoint. Overrides go to one stage by prefix:
 `pretrain.trainer.max_steps=500`, `sft.optim.lr=1e-4`, `data.tokenizer.vocab_size=4096`; `train.` goes
-to every training stage (e.g. `train.logging.wandb.mode=offline`). Ends with a summary (also written to
+to every training stage (e.g. `train.logging.wandb.mode=offline`); the stages' W&B runs share one
+group per pipeline (OUT/wandb_group). Ends with a summary (also written to
 OUT/pipeline_summary.md): final losses per stage, passkey accuracy before and after YaRN, DPO reward
 accuracy on held-out pairs, and where the checkpoints and the Hugging Face export are.
 """
@@ -37,6 +38,42 @@ def split_overrides(items: List[str]) -> Dict[str, List[str]]:
             raise SystemExit(f"error: override {item!r} must start with one of {', '.join(p + '.' for p in PREFIXES)}")
         routed[prefix].append(rest)
     return routed
+
+
+def data_commands(python: str, data_dir: Path, overrides: List[str]) -> List[List[str]]:
+    """The pre-training data, then long documents for mid-training: whole standard-library modules
+    mixed with the documentation topics, with the pre-training tokenizer."""
+    return [
+        [python, "-m", "data", f"out_dir={data_dir}", "name=stdlib", "progress=false", *overrides],
+        [python, "-m", "data", f"out_dir={data_dir}", "name=stdlib_long", "progress=false", "source.include_topics=false",
+         "mixture=[{kind: stdlib, include_modules: false, weight: 1.0}]", f"tokenizer.path={data_dir / 'stdlib'}"],
+    ]
+
+
+def stage_overrides(stage: str, out: Path, routed: Dict[str, List[str]]) -> List[str]:
+    """A training stage's `python -m train` overrides: its data, its start model (the previous stage's
+    model/ folder), the pipeline's W&B group, then the user's `train.` and `<stage>.` overrides."""
+    data_dir, runs = out / "data", out / "runs"
+    previous = {"midtrain": "pretrain", "sft": "midtrain", "dpo": "sft"}
+    return [
+        f"stage={stage}", f"out_dir={runs}",
+        *([f"data.path={data_dir / 'stdlib'}"] if stage == "pretrain" else []),
+        *([f"data.path={data_dir / 'stdlib_long'}"] if stage == "midtrain" else []),
+        *([f"checkpoint.init_from={runs / previous[stage] / 'model'}"] if stage in previous else []),
+        f"logging.wandb.group={wandb_group(out)}", *routed["train"], *routed[stage],
+    ]
+
+
+def wandb_group(out: Path) -> str:
+    """One W&B group per pipeline (per output folder), named once and kept in OUT/wandb_group, so
+    re-runs, resumed stages and SLURM jobs of the same pipeline land in the same group."""
+    path = out / "wandb_group"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"pipeline-{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        tmp.rename(path)
+    return path.read_text().strip()
 
 
 def run(command: List[str], log: Path) -> str:
@@ -72,19 +109,9 @@ def main(argv=None) -> int:
     python = sys.executable
     started = time.time()
 
-    run([python, "-m", "data", f"out_dir={data_dir}", "name=stdlib", "progress=false", *overrides["data"]], logs / "data.log")
-    # Long documents for mid-training: whole standard-library modules mixed with the documentation
-    # topics, with the pre-training tokenizer.
-    run([python, "-m", "data", f"out_dir={data_dir}", "name=stdlib_long", "progress=false", "source.include_topics=false",
-         "mixture=[{kind: stdlib, include_modules: false, weight: 1.0}]", f"tokenizer.path={data_dir / 'stdlib'}"],
-        logs / "data_long.log")
+    for command, log in zip(data_commands(python, data_dir, overrides["data"]), ("data.log", "data_long.log")):
+        run(command, logs / log)
 
-    stage_args = {
-        "pretrain": [f"data.path={data_dir / 'stdlib'}"],
-        "midtrain": [f"data.path={data_dir / 'stdlib_long'}", f"checkpoint.init_from={runs / 'pretrain' / 'model'}"],
-        "sft": [f"checkpoint.init_from={runs / 'midtrain' / 'model'}"],
-        "dpo": [f"checkpoint.init_from={runs / 'sft' / 'model'}"],
-    }
     passkey: Dict[str, Dict[str, float]] = {}
     chats: Dict[str, str] = {}
     for stage in TRAIN_STAGES:
@@ -95,8 +122,7 @@ def main(argv=None) -> int:
             print(f"== {stage}: finished earlier, skipped ({run_dir / 'model'})", flush=True)
         else:
             print(f"== {stage}", flush=True)
-            command = torchrun_command(args.nproc, 3, "train", [f"stage={stage}", f"out_dir={runs}", *stage_args[stage],
-                                                              *overrides["train"], *overrides[stage]])
+            command = torchrun_command(args.nproc, 3, "train", stage_overrides(stage, out, overrides))
             run(command, logs / f"{stage}.log")
         if stage in ("pretrain", "midtrain"):
             context = OmegaConf.load(runs / "pretrain" / "config.yaml").data.seq_len

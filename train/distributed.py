@@ -9,6 +9,7 @@ beside it for CPU tensors).
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -58,9 +59,15 @@ def restart_scoped_store():
     the workers' keys are not prefixed by attempt: restarted workers then read the dead workers'
     gloo addresses and fail to connect or hang in `new_group` (seen with torch 2.13 on gloo). A
     prefix per restart (TORCHELASTIC_RESTART_COUNT) keeps every attempt's keys apart.
+    Across nodes that count can differ (only the agent whose worker failed counts a restart), so
+    multi-node launchers (slurm/job.sbatch.j2) set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 instead: each
+    attempt's rank 0 then hosts a fresh store, and this function is not used.
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None  # plain env:// initialisation
+    if int(os.environ.get("GROUP_WORLD_SIZE", 1)) > 1 and os.environ.get("RANK") == "0":
+        warnings.warn("several torchrun nodes share the agent's store: elastic restarts may hang; "
+                      "set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun (as slurm/job.sbatch.j2 does)")
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=TIMEOUT)
     return dist.PrefixStore(f"/worker/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 

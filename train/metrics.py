@@ -1,7 +1,9 @@
 """Training metrics: the console line, `metrics.jsonl` in the run folder, and Weights & Biases.
 
 Only rank 0 writes. After a restart, records past the resumed step are dropped from metrics.jsonl and
-the same W&B run is resumed (its id is kept in the run folder), so steps stay aligned.
+the same W&B run is resumed (its id is kept in the run folder), so steps stay aligned, also across
+SLURM requeues. The W&B run config is the resolved training config plus `launch`: the SLURM job id,
+node list and restart count, the elastic restart count, the world size and the git commit.
 MFU = achieved model FLOP/s / peak FLOP/s, with the model's training FLOPs per token from the
 inspector (train/model/inspect.py) and the peak from config, a table of known GPUs, or (on CPU) a
 short matmul measurement.
@@ -10,6 +12,8 @@ short matmul measurement.
 import json
 import os
 import resource
+import socket
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -79,7 +83,33 @@ class MetricsLogger:
 
     def close(self) -> None:
         if self.wandb is not None:
+            offline = self.wandb.settings.mode == "offline"
             self.wandb.finish()
+            if offline:  # clusters without internet: upload later from a machine with it
+                print(f"W&B offline run; upload it with: wandb sync {self.path.parent / 'wandb'}/offline-run-*", flush=True)
+
+
+def git_commit() -> Optional[str]:
+    """The commit of this checkout (with '-dirty' if it has uncommitted changes), None outside git."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def launch_info() -> Dict[str, object]:
+    """Where and how this run was started: what a W&B user needs to find its logs and its code."""
+    env = os.environ
+    return {
+        "slurm_job_id": env.get("SLURM_JOB_ID"), "slurm_job_name": env.get("SLURM_JOB_NAME"),
+        "slurm_nodelist": env.get("SLURM_JOB_NODELIST"), "slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", 0)),
+        "elastic_restart_count": int(env.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        "world_size": int(env.get("WORLD_SIZE", 1)), "host": socket.gethostname(), "git_commit": git_commit(),
+    }
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -101,7 +131,8 @@ def start_wandb(run_dir: Path, config: LoggingConfig, resolved_config: Dict[str,
     return wandb.init(
         project=settings.project, entity=settings.entity, group=settings.group, tags=list(settings.tags),
         name=f"{run_dir.name}", job_type=stage, id=wandb_run_id(run_dir), resume="allow",
-        mode=settings.mode, dir=str(run_dir), config=resolved_config,
+        mode=settings.mode, dir=str(run_dir), config={**resolved_config, "launch": launch_info()},
+        allow_val_change=True,  # a requeued job updates `launch` (job restart count, nodes) in the resumed run
     )
 
 

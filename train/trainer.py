@@ -6,8 +6,10 @@ Each optimizer step reads `accum` micro-batches per rank (the global batch is fi
 adapts to the number of ranks), normalises the summed token losses by the global number of target
 tokens (so 1 rank and N ranks compute the same loss and gradients), clips the global gradient norm,
 and steps AdamW and the schedule. Checkpoints are saved every `checkpoint.every` steps, at the end,
-and when SIGTERM/SIGUSR1 asks the run to stop (preemption): the current step finishes, a checkpoint
-is written, and the process exits cleanly. A restarted run resumes from the latest complete one.
+and when the run is asked to stop (preemption) by SIGTERM/SIGUSR1 to the workers or by a file
+`<run dir>/stop` (what a SLURM batch script writes when it gets the time-limit warning, since torchrun
+doesn't pass signals on): the current step finishes, a checkpoint is written, and the process exits
+cleanly. A restarted run resumes from the latest complete one.
 """
 
 import math
@@ -37,6 +39,8 @@ from train.model.transformer import Transformer
 from train.objectives import build_objective
 from train.optim import build_optimizer, build_scheduler
 from train.parallelize import DTYPES, parallelize
+
+STOP_FILE = "stop"  # in the run folder: finish the step, checkpoint, exit 0 (removed once acted on)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -173,8 +177,14 @@ class Trainer:
         self.say(f"received {signal.Signals(signum).name}: finishing this step, then checkpointing and exiting")
 
     def agreed_to_stop(self) -> bool:
-        flag = torch.tensor([float(self.stop_requested)], device=self.world.device)
+        """Whether any rank got a signal, or rank 0 found the stop file (one stat per step, on one rank)."""
+        stop_file = self.run_dir / STOP_FILE
+        asked = self.stop_requested or (self.world.is_main and stop_file.exists())
+        flag = torch.tensor([float(asked)], device=self.world.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.world.is_main and stop_file.exists():
+            self.say(f"found {stop_file}: finishing this step, then checkpointing and exiting")
+            stop_file.unlink()
         return bool(flag.item())
 
     # --- the loop ---------------------------------------------------------------------------------

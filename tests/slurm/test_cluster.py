@@ -1,0 +1,138 @@
+"""Training on the real two-node SLURM test cluster (2 nodes x 2 processes, gloo): a job that completes,
+a preempted job that checkpoints, requeues and finishes without repeating steps, and a killed worker
+that the elastic restart recovers from."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from train_helpers import FAST, metrics, wandb_history, wandb_records
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+STEP_LINE = re.compile(r"^step\s+(\d+)/\d+ \| loss", re.M)
+
+
+def submit(env, tmp_path, data, run_name, *overrides) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.slurm", "cluster=local_test", "cluster.nodes=2", f"cluster.log_dir={tmp_path / 'logs'}",
+         f"out_dir={tmp_path / 'runs'}", f"run_name={run_name}", f"data.path={data}", *FAST, *overrides],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return re.search(r"submitted job (\d+)", result.stdout).group(1)
+
+
+def job_state(env, job: str) -> dict:
+    line = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, env=env).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", line))
+
+
+def wait_for_job(env, job: str, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = job_state(env, job)
+        if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return state
+        time.sleep(1)
+    subprocess.run(["scancel", job], env=env)
+    raise AssertionError(f"job {job} did not end in {timeout} s: {job_state(env, job)}")
+
+
+def wait_for_step(run_dir: Path, step: int, timeout: float = 180) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run_dir / "metrics.jsonl").exists():
+            steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+            if steps and steps[-1] >= step:
+                return steps[-1]
+        time.sleep(0.2)
+    raise AssertionError(f"{run_dir} never reached step {step}")
+
+
+def logs(tmp_path, job: str) -> dict:
+    return {path.name: path.read_text() for path in (tmp_path / "logs").glob(f"*-{job}*.out")}
+
+
+def printed_steps(node_logs: dict) -> list:
+    """The training steps rank 0 printed, in order, over every attempt (rank 0 may be on either node)."""
+    return [int(step) for text in node_logs.values() for step in STEP_LINE.findall(text)]
+
+
+def test_two_nodes_train_to_the_end_with_checkpoint_metrics_and_wandb(slurm_cluster, tmp_path, prepared_data):
+    job = submit(slurm_cluster, tmp_path, prepared_data, "two_nodes", "trainer.max_steps=12", "checkpoint.every=6",
+                 "logging.wandb.mode=offline", "logging.wandb.group=slurm-test")
+    state = wait_for_job(slurm_cluster, job)
+    job_logs = logs(tmp_path, job)
+    assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", job_logs
+    assert sorted(job_logs) == [f"pretrain-two_nodes-{job}-n1.out", f"pretrain-two_nodes-{job}-n2.out",
+                                f"pretrain-two_nodes-{job}.out"]
+    run_dir = tmp_path / "runs" / "two_nodes"
+    assert "4 rank(s)" in "".join(job_logs.values())
+    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == list(range(1, 13))
+    assert (run_dir / "checkpoints" / "step_00000012" / ".metadata").is_file()
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+    [run_file] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    run = next(r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert run.run_group == "slurm-test"
+    assert config["launch"]["slurm_job_id"] == job and config["launch"]["slurm_nodelist"] == "n[1-2]"
+    assert config["launch"]["world_size"] == 4 and len(config["launch"]["git_commit"]) >= 40
+    assert config["trainer"]["max_steps"] == 12
+    assert "wandb sync" in "".join(job_logs.values())
+
+
+def test_preempted_job_checkpoints_requeues_and_finishes_without_repeating_steps(slurm_cluster, tmp_path, prepared_data):
+    job = submit(slurm_cluster, tmp_path, prepared_data, "preempted", "trainer.max_steps=120", "checkpoint.every=1000",
+                 "logging.wandb.mode=offline")
+    run_dir = tmp_path / "runs" / "preempted"
+    wait_for_step(run_dir, 10)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_cluster, check=True)
+    state = wait_for_job(slurm_cluster, job)
+    job_logs = logs(tmp_path, job)
+    text = "".join(job_logs.values())
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", text[-3000:]
+    stopped = int(re.search(r"stopped at step (\d+) on request; checkpoint saved", text).group(1))
+    assert stopped >= 10 and f"resumed from {run_dir.resolve() / 'checkpoints' / f'step_{stopped:08d}'}" in text
+    assert "requeueing job" in text
+    assert printed_steps(job_logs) == list(range(1, 121))  # no step done twice, none skipped
+    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == list(range(1, 121))
+    assert (run_dir / "model" / "model.safetensors").is_file() and not (run_dir / "stop").exists()
+    [(first_id, first_steps), (second_id, second_steps)] = wandb_history(run_dir)  # the requeued job resumed the run
+    assert first_id == second_id and first_steps == list(range(1, stopped + 1))
+    assert second_steps == list(range(stopped + 1, 121))
+
+
+def worker_pids(job: str, rank: int) -> list:
+    """Training processes of a SLURM job with a given global rank (found through their environment)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == job and env.get("RANK") == str(rank) and "TORCHELASTIC_RUN_ID" in env:
+            found.append(int(proc.name))
+    return found
+
+
+def test_killed_worker_on_one_node_restarts_and_completes(slurm_cluster, tmp_path, prepared_data):
+    job = submit(slurm_cluster, tmp_path, prepared_data, "killed", "trainer.max_steps=100", "checkpoint.every=10")
+    run_dir = tmp_path / "runs" / "killed"
+    wait_for_step(run_dir, 12)
+    [victim] = worker_pids(job, rank=3)
+    os.kill(victim, signal.SIGKILL)
+    state = wait_for_job(slurm_cluster, job)
+    job_logs = logs(tmp_path, job)
+    text = "".join(job_logs.values())
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "0", text[-3000:]
+    resumed = [int(s) for s in re.findall(r"resumed from \S+ \(step (\d+),", text)]
+    assert len(resumed) == 1 and resumed[0] >= 10 and resumed[0] % 10 == 0
+    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == list(range(1, 101))
+    assert (run_dir / "model" / "model.safetensors").is_file()
