@@ -34,6 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from launch import pipeline
 from train.config import TrainConfig, compose_train_config
+from train.data_loader import check_batch_sizes
 from train.model.config import CONFIGS_DIR
 from train.trainer import STOP_FILE
 
@@ -110,6 +111,12 @@ def wandb_line(config: TrainConfig) -> str:
 
 def training_job(cluster: ClusterConfig, overrides: List[str], log_dir: Path, title: str) -> Job:
     config = compose_train_config(overrides)
+    ranks = cluster.nodes * cluster.nproc_per_node
+    try:  # what the workers would refuse at start-up, after waiting in the queue
+        check_batch_sizes(config.trainer.global_batch_size, config.trainer.micro_batch_size, ranks)
+    except ValueError as error:
+        raise SystemExit(f"error: {error} (cluster.nodes={cluster.nodes} x cluster.nproc_per_node="
+                         f"{cluster.nproc_per_node} = {ranks} ranks)")
     run_dir = config.run_dir.resolve()
     name = f"{config.stage}-{config.run_name}" if config.stage != config.run_name else config.stage
     script = render(title, name, cluster, cluster.nodes, log_dir, module="train", args=overrides, run_dir=run_dir)

@@ -86,7 +86,7 @@ class MetricsLogger:
             offline = self.wandb.settings.mode == "offline"
             self.wandb.finish()
             if offline:  # clusters without internet: upload later from a machine with it
-                print(f"W&B offline run; upload it with: wandb sync {self.path.parent / 'wandb'}/offline-run-*", flush=True)
+                print(f"W&B offline run; upload it with: wandb sync {self.path.parent.resolve() / 'wandb'}/offline-run-*", flush=True)
 
 
 def git_commit() -> Optional[str]:

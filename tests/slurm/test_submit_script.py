@@ -20,6 +20,7 @@ def slurm(*args, env=None, cwd=REPO):
 def test_gpu_preset_dry_run_renders_the_expected_batch_script(tmp_path):
     result = slurm("--dry-run", "cluster=generic_gpu", "cluster.nodes=4", "cluster.account=proj42", "stage=pretrain",
                    "model=llama3", f"out_dir={tmp_path}", "run_name=big", "trainer.max_steps=1000",
+                   "trainer.global_batch_size=256",
                    "logging.wandb.tags=[scale, v2]")
     assert result.returncode == 0, result.stderr
     script = result.stdout
@@ -33,7 +34,7 @@ def test_gpu_preset_dry_run_renders_the_expected_batch_script(tmp_path):
     assert (f"srun --kill-on-bad-exit=1 --output={log_dir}/%x-%j-%N.out --open-mode=append python -m "
             "torch.distributed.run --nnodes \"$SLURM_NNODES\" --nproc-per-node 8 --rdzv-backend c10d "
             "--rdzv-endpoint \"$head_addr:$port\" --rdzv-id \"$SLURM_JOB_ID\" --max-restarts 3 -m train stage=pretrain "
-            f"model=llama3 out_dir={tmp_path} run_name=big trainer.max_steps=1000 "
+            f"model=llama3 out_dir={tmp_path} run_name=big trainer.max_steps=1000 trainer.global_batch_size=256 "
             "'logging.wandb.tags=[scale, v2]' &") in torchrun
     assert "trap '" in script and f'STOP_FILE={tmp_path}/big/stop' in script
     assert "scontrol requeue \"$SLURM_JOB_ID\"" in script and "source .venv/bin/activate" in script
@@ -47,6 +48,7 @@ def test_gpu_preset_dry_run_renders_the_expected_batch_script(tmp_path):
     (["cluster=no_such_cluster"], "no_such_cluster"),
     (["trainer.max_stepz=5"], "max_stepz"),
     (["--dryrun"], "unknown option"),
+    (["trainer.micro_batch_size=8"], "micro_batch_size=8 x 4 data-parallel ranks; change one of them (cluster.nodes=2"),
 ])
 def test_a_typo_fails_before_anything_is_submitted(bad, message):
     result = slurm("--dry-run", "cluster=local_test", *bad)
@@ -63,7 +65,7 @@ def test_pipeline_is_submitted_as_jobs_that_each_wait_for_the_previous_one(tmp_p
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SBATCH_CALLS=str(tmp_path / "calls"))
     out = tmp_path / "pipe"
     result = slurm("--pipeline", "--out", str(out), "cluster=local_test", f"cluster.log_dir={tmp_path / 'logs'}",
-                   "pretrain.trainer.max_steps=7", "train.logging.wandb.mode=offline", env=env)
+                   "pretrain.trainer.max_steps=7", "train.logging.wandb.mode=offline", "train.trainer.micro_batch_size=1", env=env)
     assert result.returncode == 0, result.stderr
     calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
     assert [c[:-1] for c in calls] == [["--parsable"]] + [["--parsable", f"--dependency=afterok:{101 + i}"]
