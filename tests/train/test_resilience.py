@@ -13,8 +13,9 @@ from train_helpers import FAST, PATCHED, losses, metrics, run_training, wandb_hi
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, "stop file"])
 def test_signal_checkpoints_and_exits_cleanly_then_resumes(prepared_data, tmp_path, sig):
+    """A signal to the process, or the run folder's stop file (what a SLURM batch script writes)."""
     run_dir = tmp_path / "run"
     args = [f"out_dir={tmp_path}", "run_name=run", f"data.path={prepared_data}", *FAST, "trainer.max_steps=40",
             "checkpoint.every=100"]
@@ -24,10 +25,14 @@ def test_signal_checkpoints_and_exits_cleanly_then_resumes(prepared_data, tmp_pa
     deadline = time.time() + 120
     while not ((run_dir / "metrics.jsonl").exists() and len(metrics(run_dir)) >= 3) and time.time() < deadline:
         time.sleep(0.2)
-    process.send_signal(sig)
+    if sig == "stop file":
+        (run_dir / "stop").touch()
+    else:
+        process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
-    assert f"received {sig.name}" in stdout
+    assert f"received {sig.name}" in stdout if sig != "stop file" else f"found {run_dir / 'stop'}" in stdout
+    assert not (run_dir / "stop").exists()  # acted on once: the resumed run doesn't stop at once
     stopped = max(losses(run_dir))
     assert 3 <= stopped < 40 and f"stopped at step {stopped} on request; checkpoint saved" in stdout
     assert (run_dir / "checkpoints" / f"step_{stopped:08d}" / ".metadata").is_file()
