@@ -128,8 +128,8 @@ def adjustment_cell(row: Dict[str, object], reference: str) -> str:
         return "reference"
     if adjustment is None:
         return "-"
-    value = _count(adjustment["value"])
-    return f"`{adjustment['key']}` {adjustment['before']} → {adjustment['after']} ({value}, {adjustment['error']:+.1%})"
+    return (f"`{adjustment['key']}` {adjustment['before']} → {adjustment['after']} "
+            f"({adjustment['value']:,}, {adjustment['error']:+.1%})")
 
 
 def markdown(state: Dict[str, object], rows: List[Dict[str, object]]) -> str:

@@ -282,7 +282,7 @@ def run_sweep(state: Dict[str, object], planned: List[Dict[str, object]], sweep_
         save(state, sweep_dir)
     report = write_report(sweep_dir)
     print(f"\n{report.read_text()}\nsweep: {(time.time() - started) / 60:.1f} min; report {report}", flush=True)
-    return 0 if all(p["status"] == "finished" for p in state["points"]) else 1
+    return 0 if all(p["status"] == "finished" for p in planned) else 1
 
 
 def submit_sweep(state: Dict[str, object], planned: List[Dict[str, object]], sweep_dir: Path, args) -> int:

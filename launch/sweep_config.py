@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from train.config import TrainConfig
@@ -68,11 +68,12 @@ def load_sweep(name: str) -> SweepConfig:
     path = SWEEPS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"sweep={name}: there is no {path}; available: {', '.join(available_sweeps())}")
-    try:
-        sweep = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.load(path)))
-    except OmegaConfBaseException as e:
-        raise ValueError(f"{path}: {e.msg} (key {e.full_key}); the keys are those of launch/sweep_config.py:SweepConfig "
-                         f"and PointConfig") from None
+    raw = OmegaConf.load(path)
+    if not isinstance(raw, DictConfig):
+        raise ValueError(f"{path}: a sweep is a mapping (description, base, match, knob, multiple_of, points)")
+    points = raw.pop("points", [])
+    sweep = typed(SweepConfig, raw, str(path))
+    sweep.points = [typed(PointConfig, point, f"{path}: points[{i}]") for i, point in enumerate(points)]
     if sweep.match not in MATCH_KINDS:
         raise ValueError(f"{path}: match={sweep.match!r}; use one of {', '.join(MATCH_KINDS)}")
     for override in parse(sweep.base, f"{path}: base"):
@@ -85,6 +86,13 @@ def load_sweep(name: str) -> SweepConfig:
     if duplicates:
         raise ValueError(f"{path}: point names must be unique; repeated: {duplicates}")
     return sweep
+
+
+def typed(schema, node, where: str):
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except OmegaConfBaseException as e:
+        raise ValueError(f"{where}: {str(e).splitlines()[0]} (the keys of launch/sweep_config.py:{schema.__name__})") from None
 
 
 def check_point(name: str, overrides: List[str], where: str) -> None:
