@@ -145,8 +145,10 @@ def format_line(record: Dict[str, object], max_steps: int) -> str:
     if "aux_loss" in record:  # MoE: the worst-balanced layer on the console; every layer in JSONL and W&B
         cv = [v for k, v in record.items() if k.endswith("/load_cv")]
         zero = [v for k, v in record.items() if k.endswith("/zero_fraction")]
+        dropped = [v for k, v in record.items() if k.endswith("/dropped_fraction")]
         parts.append(f"aux {record['aux_loss']:.4f} | load cv max {max(cv):.2f}"
-                     + (f" | zero experts {sum(zero) / len(zero):.2f}" if any(zero) else ""))
+                     + (f" | zero experts {sum(zero) / len(zero):.2f}" if any(zero) else "")
+                     + (f" | dropped {max(dropped):.3f}" if any(dropped) else ""))
     return " | ".join(parts)
 
 

@@ -35,29 +35,32 @@ def setup(rank, world, port):
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def sharp_model():
+def sharp_model(capacity_factor=None):
     from train.model import build_model
 
     torch.manual_seed(0)
-    model = build_model("qwen3_moe_tiny", **OVERRIDES)
+    moe = {**MOE, "moe": {**MOE["moe"], "capacity_factor": capacity_factor}}
+    model = build_model("qwen3_moe_tiny", **{**OVERRIDES, "ffns.moe": moe})
     with torch.no_grad():  # sharp, tie-free routing
         for m in model.moe_layers():
             m.router.gate.weight.normal_(0, 1.0)
     return model
 
 
-def layer_worker(rank, world, port, ep, out):
+def layer_worker(rank, world, port, ep, capacity_factor, out):
     setup(rank, world, port)
     import train.expert_parallel as expert_parallel
 
     B, T, D = 2, 16, 64
     x_WBTD = torch.randn(world, B, T, D, generator=torch.Generator().manual_seed(1))
     g_WBTD = torch.randn(world, B, T, D, generator=torch.Generator().manual_seed(2))
-    reference = sharp_model().layers[0].ffn
+    reference = sharp_model(capacity_factor).layers[0].ffn
     x_ref = x_WBTD.reshape(world * B, T, D).clone().requires_grad_()
-    (reference(x_ref) * g_WBTD.reshape(world * B, T, D)).sum().backward()
+    # each rank's tokens are one forward (a capacity counts a rank's own tokens)
+    y_ref = torch.cat([reference(x_ref[w * B : (w + 1) * B]) for w in range(world)])
+    (y_ref * g_WBTD.reshape(world * B, T, D)).sum().backward()
 
-    model = sharp_model()
+    model = sharp_model(capacity_factor)
     ep_state = expert_parallel.apply_expert_parallel(model, ep)
     moe = model.layers[0].ffn
     splits = []
@@ -69,7 +72,7 @@ def layer_worker(rank, world, port, ep, out):
     expert_parallel.all_to_all_single_autograd = real
 
     errors = {}
-    errors["output"] = (y - reference(x_ref).detach().view(world, B, T, D)[rank]).abs().max().item()
+    errors["output"] = (y - y_ref.detach().view(world, B, T, D)[rank]).abs().max().item()
     errors["input_grad"] = (x.grad - x_ref.grad.view(world, B, T, D)[rank]).abs().max().item()
     local = moe.experts.num_experts
     ep_rank = dist.get_rank(ep_state.ep_group)
@@ -86,21 +89,22 @@ def layer_worker(rank, world, port, ep, out):
     routed = int(moe.choice_counts[: moe.num_experts].sum())
     zero = int(moe.choice_counts[moe.num_experts :].sum())
     torch.save({"errors": errors, "sent": sum(splits[0][0]), "routed": routed, "zero": zero, "assignments": B * T * 3,
-                "local_experts": local}, f"{out}/{rank}.pt")
+                "dropped": int(moe.dropped_count), "local_experts": local}, f"{out}/{rank}.pt")
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world,ep", [(2, 2), (4, 2), (4, 4)])
-def test_expert_parallel_layer_matches_one_process(world, ep, tmp_path):
-    run(layer_worker, world, ep, str(tmp_path))
+@pytest.mark.parametrize("world,ep,capacity_factor", [(2, 2, None), (4, 2, None), (4, 4, None), (2, 2, 0.6)])
+def test_expert_parallel_layer_matches_one_process(world, ep, capacity_factor, tmp_path):
+    run(layer_worker, world, ep, capacity_factor, str(tmp_path))
     for rank in range(world):
         result = torch.load(tmp_path / f"{rank}.pt")
         assert result["local_experts"] == 8 // ep
         for what, error in result["errors"].items():
             assert error < 1e-5, (rank, what, error)
-        # zero-expert choices never enter the all-to-all: only the routed rows are sent
-        assert result["zero"] > 0
-        assert result["sent"] == result["routed"] == result["assignments"] - result["zero"]
+        # zero-expert choices never enter the all-to-all, nor do dropped ones: only the kept routed rows are sent
+        assert result["zero"] > 0 and (result["dropped"] > 0) == (capacity_factor is not None)
+        assert result["routed"] == result["assignments"] - result["zero"]
+        assert result["sent"] == result["routed"] - result["dropped"]
 
 
 def train_worker(rank, world, port, ep, steps, out):

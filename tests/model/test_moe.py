@@ -25,17 +25,23 @@ def make_moe(grouped=True, **moe) -> MoE:
     return layer
 
 
-def naive(layer: MoE, x_BTD):
-    """y_t = sum_k w_tk f_{e_tk}(x_t), one token and one choice at a time (zero experts: identity)."""
+def naive(layer: MoE, x_BTD, capacity=None):
+    """y_t = sum_k w_tk f_{e_tk}(x_t), one token and one choice at a time (zero experts: identity);
+    with a capacity, an expert serves only its first `capacity` choices in token order. Returns y and
+    the number of dropped choices."""
     x_TD = x_BTD.reshape(-1, x_BTD.shape[-1])
     weights_TK, choices_TK, _, _ = layer.router(x_BTD)
-    ex, rows = layer.experts, []
+    ex, rows, served, dropped = layer.experts, [], [0] * layer.num_experts, 0
     for t in range(x_TD.shape[0]):
         y = torch.zeros_like(x_TD[t])
         for w, e in zip(weights_TK[t], choices_TK[t].tolist()):
             if e >= layer.num_experts:
                 y = y + w * x_TD[t]
                 continue
+            if capacity is not None and served[e] == capacity:
+                dropped += 1
+                continue
+            served[e] += 1
             gate = ex.w1_EFD[e] @ x_TD[t] + (0 if ex.b1_EF is None else ex.b1_EF[e])
             up = ex.w3_EFD[e] @ x_TD[t] + (0 if ex.b3_EF is None else ex.b3_EF[e])
             if ex.swiglu_limit is None:
@@ -48,7 +54,7 @@ def naive(layer: MoE, x_BTD):
             shared = layer.shared_expert(x_TD[t])
             y = y + (shared if layer.shared_gate is None else torch.sigmoid(layer.shared_gate(x_TD[t])) * shared)
         rows.append(y)
-    return torch.stack(rows).view_as(x_BTD)
+    return torch.stack(rows).view_as(x_BTD), dropped
 
 
 VARIANTS = {
@@ -65,10 +71,34 @@ VARIANTS = {
 def test_grouped_mm_and_sorted_loop_equal_naive_per_token(variant):
     x_BTD = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
     grouped, looped = make_moe(True, **VARIANTS[variant]), make_moe(False, **VARIANTS[variant])
-    expected = naive(grouped, x_BTD).detach()
+    expected = naive(grouped, x_BTD)[0].detach()
     assert expected.std() > 0.05
     torch.testing.assert_close(grouped(x_BTD), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(looped(x_BTD), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["softmax_topk", "zero_experts_gated_shared"])
+@pytest.mark.parametrize("factor", [0.5, 1.0])
+def test_capacity_factor_drops_the_later_tokens_choices(variant, factor):
+    """capacity = ceil(factor * T * K / (E + Z)) choices per expert; the naive loop drops the same ones."""
+    x_BTD = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
+    layer = make_moe(**VARIANTS[variant], capacity_factor=factor)
+    K, experts = layer.top_k, layer.num_experts + layer.num_zero_experts
+    capacity = -(-int(factor * 2 * 9 * K) // experts)
+    expected, dropped = naive(layer, x_BTD, capacity)
+    assert dropped > 0
+    torch.testing.assert_close(layer(x_BTD), expected.detach(), atol=1e-5, rtol=1e-5)
+    loads = layer.loads()
+    assert int(loads[-1]) == dropped and int(loads[:-1].sum()) == 2 * 9 * K  # choices count before the drop
+    routed = int(loads[:-2].sum())
+    assert moe_metrics([loads])["moe/layer0/dropped_fraction"] == dropped / routed
+
+
+def test_a_capacity_no_expert_reaches_is_dropless():
+    x_BTD = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
+    dropless = make_moe(**VARIANTS["zero_experts_gated_shared"])
+    roomy = make_moe(**VARIANTS["zero_experts_gated_shared"], capacity_factor=100.0)
+    assert torch.equal(roomy(x_BTD), dropless(x_BTD)) and int(roomy.loads()[-1]) == 0
 
 
 def test_grouped_mm_gradients_equal_sorted_loop():
@@ -137,9 +167,9 @@ def test_loads_accumulate_over_micro_batches_and_ignore_checkpoint_recompute():
     x = torch.randn(2, 8, 16, requires_grad=True)
     checkpoint(layer, x, use_reentrant=False).sum().backward()  # recomputes the forward in backward
     layer(x.detach())
-    loads = layer.loads()
-    assert loads.shape == (7,) and int(loads.sum()) == 2 * 2 * 8 * 3
-    assert int(loads[-1]) == int(layer.choice_counts[6:].sum()) > 0
+    loads = layer.loads()  # 6 routed experts, the zero experts, dropped (none: dropless)
+    assert loads.shape == (8,) and int(loads.sum()) == 2 * 2 * 8 * 3
+    assert int(loads[-2]) == int(layer.choice_counts[6:].sum()) > 0 and int(loads[-1]) == 0
     layer.reset_loads()
     assert int(layer.loads().sum()) == 0
 
@@ -156,7 +186,7 @@ def test_zero_expert_choices_cost_no_expert_rows():
 def test_bias_update_is_the_sign_rule_and_only_moves_the_choice():
     model = build_model("deepseek_v3_tiny")
     moe = model.layers[1].ffn
-    loads = torch.tensor([5.0, 1, 9, 3, 3, 3, 0, 8, 0])  # 8 routed experts, no zero experts
+    loads = torch.tensor([5.0, 1, 9, 3, 3, 3, 0, 8, 0, 0])  # 8 routed experts, no zero experts, none dropped
     before = moe.router.score_correction_bias.clone()
     model.update_router_bias([loads])
     gamma = moe.router.config.bias_update_speed
@@ -172,7 +202,7 @@ def test_bias_update_is_the_sign_rule_and_only_moves_the_choice():
 def test_zero_expert_bias_update_shares_the_zero_count():
     layer = make_moe(**{**VARIANTS["zero_experts_gated_shared"], "router": {**VARIANTS["zero_experts_gated_shared"]["router"], "bias_update_speed": 0.1}})
     layer.router.score_correction_bias.zero_()
-    layer.update_bias(torch.tensor([4.0, 4, 4, 4, 4, 4, 3]))  # zero experts: 1 each, routed 4 each; mean 3.1
+    layer.update_bias(torch.tensor([4.0, 4, 4, 4, 4, 4, 3, 0]))  # zero experts: 1 each, routed 4 each; mean 3.1
     torch.testing.assert_close(layer.router.score_correction_bias, torch.tensor([-0.1] * 6 + [0.1] * 3))
 
 
@@ -187,7 +217,7 @@ def test_aux_loss_protocol():
 
 
 def test_moe_metrics_by_hand():
-    metrics = moe_metrics([torch.tensor([2.0, 4, 6, 4, 8])], layer_ids=[3])  # 4 routed experts (mean 4), 8 zero choices
+    metrics = moe_metrics([torch.tensor([2.0, 4, 6, 4, 8, 4])], layer_ids=[3])  # 4 routed experts (mean 4), 8 zero choices, 4 dropped
     assert metrics["moe/layer3/load_min"] == 0.5 and metrics["moe/layer3/load_max"] == 1.5
     assert abs(metrics["moe/layer3/load_cv"] - 2 ** 0.5 / 4) < 1e-12  # population std sqrt(2)
-    assert metrics["moe/layer3/zero_fraction"] == 1 / 3
+    assert metrics["moe/layer3/zero_fraction"] == 1 / 3 and metrics["moe/layer3/dropped_fraction"] == 4 / 16

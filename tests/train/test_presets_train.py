@@ -22,3 +22,13 @@ def test_preset_pretrains(prepared_data, tmp_path, preset):
     if preset in MOE:  # expert-load metrics and the auxiliary loss reach metrics.jsonl
         record = [r for r in metrics(run_dir) if r.get("step") == 6 and "loss" in r][0]
         assert "aux_loss" in record and any(k.endswith("/load_cv") for k in record)
+
+
+def test_capacity_factor_from_the_command_line_drops_and_reports_it(prepared_data, tmp_path):
+    run_dir = tmp_path / "capacity"
+    result = run_training(run_dir, prepared_data, "model=qwen3_moe_tiny", "model.ffns.moe.moe.capacity_factor=0.5",
+                          "trainer.max_steps=3")
+    record = [r for r in metrics(run_dir) if r.get("step") == 3 and "loss" in r][0]
+    dropped = [v for k, v in record.items() if k.endswith("/dropped_fraction")]
+    assert len(dropped) == 2 and all(0.4 <= v < 1 for v in dropped)  # capacity: half of an even share per expert
+    assert "| dropped 0." in result.stdout

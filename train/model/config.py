@@ -190,6 +190,10 @@ class MoEConfig:
     swiglu_limit: Optional[float] = None  # GPT-OSS clamped SwiGLU: (clamp(up) + 1) * g * sigmoid(alpha g), g = min(gate, limit)
     swiglu_alpha: float = 1.702
     grouped_mm: bool = True  # torch._grouped_mm where available; False: a loop over the experts' sorted token slices
+    # None: dropless. Else each expert takes at most ceil(capacity_factor * T * top_k / (E + Z)) of a
+    # forward's T tokens' choices (per rank, before any all-to-all); later tokens' extra choices are dropped
+    # (they keep the residual and their other choices) as in GShard (arXiv 2006.16668) and Switch (2101.03961).
+    capacity_factor: Optional[float] = None
     router: RouterConfig = field(default_factory=RouterConfig)
 
 

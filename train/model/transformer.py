@@ -8,7 +8,7 @@ document and positions restart at 0 at each document start.
 Mixture-of-experts protocol for the trainer (no ranks, devices or logging here):
     aux_loss()                 scalar: sum over MoE layers of the last forward's balancing + z-losses,
                                already multiplied by their coefficients (zero without MoE); add it to the loss
-    expert_loads()             per MoE layer, [E + 1] choices per routed expert and of zero experts,
+    expert_loads()             per MoE layer, [E + 2] choices per routed expert, of zero experts, and dropped,
                                accumulated over the forwards since reset_expert_loads()
     update_router_bias(loads)  the aux-loss-free bias step from GLOBAL loads (all-reduced over data
                                parallel ranks), once per optimizer step; then reset_expert_loads()

@@ -7,14 +7,19 @@ shared expert.
 
 Dispatch: the (token, choice) pairs are sorted by expert; zero experts have the highest indices, so
 their pairs sort last and are cut off before any expert runs (they cost no FLOPs and, under expert
-parallelism, never leave the rank). The routed pairs go through `self.dispatch(x_ND, counts_E,
-experts)`, which runs the local experts; train/expert_parallel.py swaps in an all-to-all dispatch.
+parallelism, never leave the rank). Dropless by default; with `capacity_factor`, each expert keeps its
+first `capacity` pairs in token order and the rest are dropped before dispatch (so they don't travel
+either). The routed pairs go through `self.dispatch(x_ND, counts_E, experts)`, which runs the local
+experts; train/expert_parallel.py swaps in an all-to-all dispatch.
 
 Bookkeeping for the trainer (see Transformer.aux_loss / expert_loads / update_router_bias):
 `aux_loss` holds the router's balancing + z-loss of the last forward; `choice_counts` [E + Z]
-accumulates how often each expert was chosen since `reset_loads()` (a non-persistent buffer, not
-counted again when activation checkpointing recomputes the forward inside backward).
+accumulates how often each expert was chosen since `reset_loads()`, `dropped_count` how many routed
+choices the capacity dropped (non-persistent buffers, not counted again when activation checkpointing
+recomputes the forward inside backward).
 """
+
+import math
 
 import torch
 from torch import nn
@@ -39,6 +44,7 @@ class MoE(nn.Module):
         if c is None:
             raise ValueError("a feed-forward with kind moe needs a `moe:` section")
         self.num_experts, self.num_zero_experts, self.top_k = c.num_experts, c.num_zero_experts, c.router.top_k
+        self.capacity_factor = c.capacity_factor
         self.router = Router(c.router, model.dim, c.num_experts + c.num_zero_experts)
         residual_std = model.init_std / (2 * model.num_sublayers()) ** 0.5
         self.experts = RoutedExperts(c.num_experts, model.dim, c.hidden_dim, config.activation, c.bias,
@@ -50,10 +56,12 @@ class MoE(nn.Module):
         self.shared_gate = nn.Linear(model.dim, 1, bias=False) if c.shared_gate else None
         self.dispatch = local_dispatch
         self.register_buffer("choice_counts", torch.zeros(c.num_experts + c.num_zero_experts, dtype=torch.long), persistent=False)
+        self.register_buffer("dropped_count", torch.zeros(1, dtype=torch.long), persistent=False)
         self.aux_loss = torch.zeros(())
 
     def reset_loads(self) -> None:
         self.choice_counts.zero_()
+        self.dropped_count.zero_()
 
     def reset_extra_parameters(self) -> None:
         self.reset_loads()
@@ -62,10 +70,19 @@ class MoE(nn.Module):
         D, K, E = x_BTD.shape[-1], self.top_k, self.num_experts
         x_TD = x_BTD.reshape(-1, D)
         weights_TK, choices_TK, self.aux_loss, counts_C = self.router(x_BTD, self.choice_counts)
-        if torch._C._current_graph_task_id() == -1:  # not a checkpoint recompute inside backward
+        counting = torch._C._current_graph_task_id() == -1  # not a checkpoint recompute inside backward
+        if counting:
             self.choice_counts += counts_C
         counts_E = counts_C[:E]
         order_A = choices_TK.flatten().argsort(stable=True)[: int(counts_E.sum())]  # routed pairs, by expert
+        if self.capacity_factor is not None:
+            capacity = math.ceil(self.capacity_factor * choices_TK.numel() / counts_C.numel())
+            start_E = counts_E.cumsum(0) - counts_E
+            slot_A = torch.arange(order_A.numel(), device=order_A.device) - start_E.repeat_interleave(counts_E)
+            order_A, kept_E = order_A[slot_A < capacity], counts_E.clamp(max=capacity)
+            if counting:
+                self.dropped_count += counts_E.sum() - kept_E.sum()
+            counts_E = kept_E
         token_A = order_A // K
         y_AD = self.dispatch(x_TD[token_A], counts_E, self.experts)
         y_AD = y_AD * weights_TK.flatten()[order_A, None]
@@ -79,14 +96,14 @@ class MoE(nn.Module):
         return y_TD.view_as(x_BTD)
 
     def loads(self) -> torch.Tensor:
-        """[E + 1]: choices per routed expert, then choices of any zero-computation expert (summed:
-        they are interchangeable). Dispatch is dropless, so no token is dropped."""
+        """[E + 2]: choices per routed expert, choices of any zero-computation expert (summed: they are
+        interchangeable), then the routed choices the capacity dropped (0 when dropless)."""
         E = self.num_experts
-        return torch.cat([self.choice_counts[:E], self.choice_counts[E:].sum(dim=0, keepdim=True)])
+        return torch.cat([self.choice_counts[:E], self.choice_counts[E:].sum(dim=0, keepdim=True), self.dropped_count])
 
     def update_bias(self, loads: torch.Tensor) -> None:
-        """Aux-loss-free bias step from global `loads` [E + 1] (as returned by `loads`); the zero
-        experts share their summed count equally."""
+        """Aux-loss-free bias step from global `loads` [E + 2] (as returned by `loads`) of the router's
+        choices (dropped ones included); the zero experts share their summed count equally."""
         E, Z = self.num_experts, self.num_zero_experts
-        per_choice = loads[:E] if Z == 0 else torch.cat([loads[:E], loads[E:].expand(Z) / Z])
+        per_choice = loads[:E] if Z == 0 else torch.cat([loads[:E], loads[E : E + 1].expand(Z) / Z])
         self.router.update_bias(per_choice)
