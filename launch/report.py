@@ -83,7 +83,8 @@ def point_row(point: Dict[str, object], sweep_dir: Path) -> Dict[str, object]:
     config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() \
         else point.get("config")
     row = {"point": point["name"], "status": status, "reason": None if status == "finished" else point.get("reason"),
-           "attempts": point.get("attempts", 0), "adjustment": point.get("adjustment"), "run_dir": str(run_dir)}
+           "attempts": point.get("attempts", 0), "seconds": point.get("seconds"), "adjustment": point.get("adjustment"),
+           "run_dir": str(run_dir)}
     if config is not None:
         row.update(architecture(config))
         tokens_per_step = config["trainer"]["global_batch_size"] * config["data"]["seq_len"]

@@ -94,7 +94,10 @@ def plan(args, items: List[str], command: str) -> Dict[str, object]:
     sweep_dir = sweep_dir_of(args, name)
     match = args.match or (sweep.match if sweep else "none")
     base = (sweep.base if sweep else []) + cli_base
-    driver = lambda point: [f"out_dir={sweep_dir}", f"run_name={point}", f"logging.wandb.group={name}"]  # noqa: E731
+
+    def driver(point: str) -> List[str]:  # the sweep's own keys, last
+        return [f"out_dir={sweep_dir}", f"run_name={point}", f"logging.wandb.group={name}"]
+
     entries, configs = [], {}
     with Composer() as compose:
         for point in points:
@@ -125,9 +128,8 @@ def match_sizes(entries, points: List[Point], configs, match: str, args, multipl
                          f"compose: {entries[0]['reason']}")
     target = measure(summarize(reference.model, reference.data.seq_len), match)
     for entry, point in zip(entries[1:], points[1:]):
-        config = configs.get(point.name)
-        knob = args.knob or point.knob
-        if config is None:
+        config, knob = configs.get(point.name), args.knob or point.knob
+        if config is None:  # did not compose: already failed
             continue
         if not knob:
             entry.update(status="failed", reason=f"--match {match} needs a size knob: set knob: in the sweep's YAML "
