@@ -48,7 +48,8 @@ class Adjustment:
 def match_knob(model: ModelConfig, key: str, kind: str, target: int, context: int, multiple_of: int = 8) -> Adjustment:
     """The multiple of `multiple_of` for `key` whose `kind` measure is closest to `target`."""
     if not key.startswith("model."):
-        raise ValueError(f"knob {key}: the matched size must be a model key (model.ffns.<name>.hidden_dim, model.dim, ...)")
+        raise ValueError(f"knob {key}: the matched size must be a model key (model.ffns.<name>.hidden_dim, "
+                         f"model.dim, ...)")
     relative = key.removeprefix("model.")
     before = OmegaConf.select(OmegaConf.structured(model), relative)
     if not isinstance(before, int) or isinstance(before, bool):

@@ -146,8 +146,10 @@ def markdown(state: Dict[str, object], rows: List[Dict[str, object]]) -> str:
         lines.append("| " + " | ".join(cells(row) + extra) + " |")
     problems = [row for row in rows if row["status"] != "finished"]
     if problems:
-        lines += [""] + [f"- `{row['point']}` {row['status']}" + (f" after {row['attempts']} attempt(s)" if row["attempts"] else "")
-                         + (f": {row['reason']}" if row["reason"] else "") for row in problems]
+        lines.append("")
+        for row in problems:
+            attempts = f" after {row['attempts']} attempt(s)" if row["attempts"] else ""
+            lines.append(f"- `{row['point']}` {row['status']}{attempts}" + (f": {row['reason']}" if row["reason"] else ""))
     lines += ["", f"Parameters, FLOPs (training, per token at the training context, PaLM convention) and cache "
                   f"({CACHE_DTYPE}, one sequence, fixed-size state spread over the context) from the inspector; "
                   "losses are the last logged, tokens/s the median of the logged intervals after the first, "

@@ -49,22 +49,24 @@ SIGNAL_LINE = re.compile(r"Signal \d+ \(\w+\) received by PID \d+")  # torchrun'
 def parse_args(argv: Optional[List[str]]):
     parser = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--points", type=lambda s: s.split(","), help="named points to run, comma-separated (default: all)")
-    parser.add_argument("--name", help="sweep name: W&B group and default folder (default: the named sweep, or the axes)")
+    parser.add_argument("--points", type=lambda s: s.split(","), help="named points to run, comma-separated (default all)")
+    parser.add_argument("--name", help="W&B group and default folder (default: the named sweep, or the axes)")
     parser.add_argument("--out", help="sweep folder (default: outputs/sweeps/<name>)")
     parser.add_argument("--nproc", type=int, default=2, help="local processes (ranks) per point")
     parser.add_argument("--retries", type=int, default=1, help="attempts after a failed one, per point")
-    parser.add_argument("--match", choices=MATCH_KINDS, help="match every point's size to the first's (default: the sweep's, else none)")
+    parser.add_argument("--match", choices=MATCH_KINDS,
+                        help="match every point's size to the first's (default: the sweep's, else none)")
     parser.add_argument("--knob", help="the integer model key --match adjusts, for every point (default: the sweep's)")
     parser.add_argument("--tolerance", type=float, default=0.05, help="largest relative size mismatch --match accepts")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument("--cluster", help="slurm: the cluster config for launch.slurm (cluster=<name>)")
     parser.add_argument("--nodes", type=int, help="slurm: nodes per point (cluster.nodes=N)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and commands, run nothing (slurm: launch.slurm --dry-run)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan and commands, run nothing (slurm: launch.slurm --dry-run)")
     parser.add_argument("--resubmit", action="store_true", help="slurm: submit again points that were submitted before")
     parser.add_argument("--report-only", action="store_true", help="write the report from what finished; run nothing")
     parser.add_argument("--list", action="store_true", help="list the named sweeps")
-    parser.add_argument("-m", "--multirun", action="store_true", help="accepted for Hydra habits: comma lists always sweep")
+    parser.add_argument("-m", "--multirun", action="store_true", help="accepted out of Hydra habit: comma lists sweep")
     args, rest = parser.parse_known_args(argv)
     unknown = [item for item in rest if item.startswith("-")]
     if unknown:
@@ -212,7 +214,8 @@ def stream(command: List[str], log: Path, label: str, env: Dict[str, str]):
 def run_local(entry: Dict[str, object], sweep_dir: Path, nproc: int, retries: int) -> None:
     log = sweep_dir / "logs" / f"{entry['name']}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))))
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # as launch.local
+    env = dict(os.environ, OMP_NUM_THREADS=threads)
     started = time.time()
     for attempt in range(1, retries + 2):
         entry["attempts"] = attempt
@@ -254,8 +257,8 @@ def print_plan(state: Dict[str, object], nproc: int) -> None:
                   f"{numbers['cache_bytes_per_token_32k']:,.1f} cache bytes/token at 32k")
         if entry["adjustment"]:
             adjustment = entry["adjustment"]
-            print(f"   matched {adjustment['measure']}: {adjustment['key']} {adjustment['before']} -> {adjustment['after']} "
-                  f"({adjustment['value']:,} vs {adjustment['target']:,}, {adjustment['error']:+.1%})")
+            print(f"   matched {adjustment['measure']}: {adjustment['key']} {adjustment['before']} -> "
+                  f"{adjustment['after']} ({adjustment['value']:,} vs {adjustment['target']:,}, {adjustment['error']:+.1%})")
         if entry["status"] == "failed":
             print(f"   cannot run: {entry['reason']}")
         else:
@@ -308,7 +311,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.list:
         for name in available_sweeps():
             sweep = load_sweep(name)
-            print(f"{name:<12} {len(sweep.points)} points ({', '.join(p.name for p in sweep.points)}): {sweep.description}")
+            names = ", ".join(p.name for p in sweep.points)
+            print(f"{name:<12} {len(sweep.points)} points ({names}): {sweep.description}")
         return 0
     if args.report_only:
         if not (args.out or args.name or args.sweep):

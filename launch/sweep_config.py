@@ -92,7 +92,8 @@ def typed(schema, node, where: str):
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
-        raise ValueError(f"{where}: {str(e).splitlines()[0]} (the keys of launch/sweep_config.py:{schema.__name__})") from None
+        first_line = str(e).splitlines()[0]
+        raise ValueError(f"{where}: {first_line} (the keys of launch/sweep_config.py:{schema.__name__})") from None
 
 
 def check_point(name: str, overrides: List[str], where: str) -> None:
@@ -101,8 +102,8 @@ def check_point(name: str, overrides: List[str], where: str) -> None:
     for override in parse(overrides, where):
         key = target_key(override)
         if key.startswith(PROTECTED) or key in DRIVER_KEYS:
-            raise ValueError(f"{where} sets {key}: every point trains on the same data, seed and token budget, "
-                             f"so {', '.join(PROTECTED)} go in the base overrides ({', '.join(DRIVER_KEYS)} are the sweep's)")
+            raise ValueError(f"{where} sets {key}: every point trains on the same data, seed and token budget, so "
+                             f"{', '.join(PROTECTED)} go in the base overrides ({', '.join(DRIVER_KEYS)} are the sweep's)")
 
 
 def parse(overrides: List[str], where: str):
@@ -113,7 +114,7 @@ def parse(overrides: List[str], where: str):
 
 
 def target_key(override) -> str:
-    """The config key an override writes: the package of a group option (`+sweep/mixer@model.mixers.x=...`), else the key."""
+    """The config key an override writes: a group option's package (`+sweep/mixer@model.mixers.x=...`), else its key."""
     return override.package or override.key_or_group
 
 

@@ -54,8 +54,8 @@ def points(out):
 def test_slurm_submits_one_job_per_point_then_not_again(tmp_path, monkeypatch, capsys):
     fake = FakeSubmit()
     monkeypatch.setattr(sweep.subprocess, "run", fake)
-    argv = ["sweep=attention", "--points=mha,mqa", "--launcher=slurm", "--cluster=lab", "--nodes=2", "--out", str(tmp_path),
-            "trainer.max_steps=50"]
+    argv = ["sweep=attention", "--points=mha,mqa", "--launcher=slurm", "--cluster=lab", "--nodes=2",
+            "--out", str(tmp_path), "trainer.max_steps=50"]
     assert sweep.main(argv) == 0
     planned = points(tmp_path)
     assert fake.commands == [[sys.executable, "-m", "launch.slurm", *p["overrides"], "cluster=lab", "cluster.nodes=2"]

@@ -23,12 +23,14 @@ def test_every_named_point_composes_and_builds(name, tmp_path):
     for point in state["points"]:
         assert point["status"] == "pending", point["reason"]
         assert architecture(point["config"])["total_params"] > 0
-        assert point["overrides"][-3:] == [f"out_dir={tmp_path}", f"run_name={point['name']}", f"logging.wandb.group={name}"]
+        driver = [f"out_dir={tmp_path}", f"run_name={point['name']}", f"logging.wandb.group={name}"]
+        assert point["overrides"][-3:] == driver
     assert name in available_sweeps()
 
 
 def test_attention_points_change_only_the_mixer(tmp_path):
-    models = {p["name"]: to_model_config(p["config"]["model"]) for p in planned("sweep=attention", "--out", str(tmp_path))["points"]}
+    points = planned("sweep=attention", "--out", str(tmp_path))["points"]
+    models = {p["name"]: to_model_config(p["config"]["model"]) for p in points}
     kinds = {name: {model.layer_mixer(i).kind for i in range(model.num_layers)} for name, model in models.items()}
     assert kinds == {"mha": {"softmax_attention"}, "gqa": {"softmax_attention"}, "mqa": {"softmax_attention"},
                      "mla": {"mla"}, "sliding": {"softmax_attention"}, "gated_deltanet": {"gated_deltanet"},
