@@ -4,7 +4,7 @@
     python -m launch.sweep sweep=attention --points mha,gqa,mla trainer.max_steps=100
     python -m launch.sweep model.mixers.full.attention.num_kv_heads=1,2,4 --name kv_heads   # Hydra's sweep syntax
     python -m launch.sweep sweep=ffn --match params                 # sizes adjusted to the first point's
-    python -m launch.sweep sweep=attention --launcher slurm --cluster lab    # submit, then later:
+    python -m launch.sweep sweep=attention --launcher slurm --cluster generic_gpu   # submit, then later:
     python -m launch.sweep sweep=attention --report-only
     python -m launch.sweep --list                                   # the named sweeps
 
