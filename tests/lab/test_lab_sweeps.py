@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from lab.expected import TINY, check_report
+from train_helpers import wandb_records
 
 pytestmark = pytest.mark.slow
 
@@ -50,9 +51,9 @@ def test_failed_point_is_reported_and_rerun_skips_finished(tmp_path, prepared_da
     assert rows[bad]["status"] == "failed" and rows[bad]["attempts"] == 2 and rows[bad]["reason"].startswith(reason)
     assert f"- `{bad}` failed after 2 attempt(s): {reason}" in (tmp_path / "report.md").read_text()
     assert rows[bad]["total_params"] == rows[good]["total_params"]  # the planned architecture, from sweep.json
-    assert list((tmp_path / good).glob("wandb/offline-run-*"))  # W&B on, grouped by the sweep's name
-    group = json.loads((tmp_path / "sweep.json").read_text())["points"][0]["overrides"][-1]
-    assert group == "logging.wandb.group=attention"
+    runs = [record.run for path in (tmp_path / good).glob("wandb/offline-run-*/run-*.wandb")
+            for record in wandb_records(path) if record.WhichOneof("record_type") == "run"]
+    assert runs and {run.run_group for run in runs} == {"attention"}  # W&B runs grouped by the sweep's name
 
     logs = {point: (tmp_path / "logs" / f"{point}.log").read_text() for point in (good, bad)}
     again = sweep(tmp_path, prepared_data, *args, "--retries=0")
