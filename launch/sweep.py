@@ -229,13 +229,14 @@ def run_local(entry: Dict[str, object], sweep_dir: Path, nproc: int, retries: in
     entry["seconds"] = round(time.time() - started, 1)
 
 
-def slurm_command(entry: Dict[str, object], cluster: str, nodes: Optional[int], dry_run: bool) -> List[str]:
-    return [sys.executable, "-m", "launch.slurm", *entry["overrides"], f"cluster={cluster}",
+def slurm_command(entry: Dict[str, object], cluster: str, nodes: Optional[int], dry_run: bool, log_dir: Path) -> List[str]:
+    """launch.slurm for one point; its batch and per-node logs go to the sweep folder's slurm/."""
+    return [sys.executable, "-m", "launch.slurm", *entry["overrides"], f"cluster={cluster}", f"cluster.log_dir={log_dir}",
             *([f"cluster.nodes={nodes}"] if nodes else []), *(["--dry-run"] if dry_run else [])]
 
 
-def submit(entry: Dict[str, object], args) -> None:
-    command = slurm_command(entry, args.cluster, args.nodes, args.dry_run)
+def submit(entry: Dict[str, object], args, sweep_dir: Path) -> None:
+    command = slurm_command(entry, args.cluster, args.nodes, args.dry_run, sweep_dir / "slurm")
     result = subprocess.run(command, capture_output=True, text=True)
     print(f"== {entry['name']}: {shlex.join(command)}\n{result.stdout}", end="" if result.stdout.endswith("\n") else "\n",
           flush=True)
@@ -297,7 +298,7 @@ def submit_sweep(state: Dict[str, object], planned: List[Dict[str, object]], swe
         if entry["status"] == "submitted" and not args.resubmit:
             print(f"== {entry['name']}: submitted earlier (--resubmit submits it again)", flush=True)
             continue
-        submit(entry, args)
+        submit(entry, args, sweep_dir)
         if not args.dry_run:
             save(state, sweep_dir)
     if not args.dry_run:

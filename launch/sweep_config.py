@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import List, Optional
 
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from train.config import TrainConfig
+from train.config import TrainConfig, compose_train_config
 from train.model.config import CONFIGS_DIR
 
 SWEEPS_DIR = CONFIGS_DIR / "sweep"
@@ -173,7 +173,7 @@ class Composer:
 
     def __call__(self, overrides: List[str]) -> TrainConfig:
         try:
-            return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
+            return compose_train_config(overrides)
         except Exception as e:  # Hydra's composition errors keep the useful part in the cause
             cause = f" ({e.__cause__})" if e.__cause__ and str(e.__cause__) not in str(e) else ""
             raise ValueError(f"{e}{cause}".replace("\n", " ")) from None

@@ -133,9 +133,12 @@ def compose_train_config(overrides: List[str]) -> TrainConfig:
     """The TrainConfig that `python -m train <overrides>` would run with, composed without running it:
     what launchers use to check overrides before submitting (a typo fails here, not in a queued job)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     from train.model.config import CONFIGS_DIR
 
+    if GlobalHydra.instance().is_initialized():  # inside a caller's Hydra context (configs/ on its search path)
+        return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
     with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base=None):
         return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))

@@ -58,8 +58,8 @@ def test_slurm_submits_one_job_per_point_then_not_again(tmp_path, monkeypatch, c
             "--out", str(tmp_path), "trainer.max_steps=50"]
     assert sweep.main(argv) == 0
     planned = points(tmp_path)
-    assert fake.commands == [[sys.executable, "-m", "launch.slurm", *p["overrides"], "cluster=lab", "cluster.nodes=2"]
-                             for p in planned]
+    assert fake.commands == [[sys.executable, "-m", "launch.slurm", *p["overrides"], "cluster=lab",
+                              f"cluster.log_dir={tmp_path / 'slurm'}", "cluster.nodes=2"] for p in planned]
     assert planned[0]["overrides"] == ["model=llama3_tiny", "trainer.val_every=25", "trainer.max_steps=50",
                                        "model.mixers.full.attention.num_kv_heads=4", f"out_dir={tmp_path}",
                                        "run_name=mha", "logging.wandb.group=attention"]
@@ -80,7 +80,8 @@ def test_slurm_dry_run_and_failed_submission(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep.subprocess, "run", fake)
     base = ["sweep=attention", "--points=gqa", "--launcher=slurm", "--cluster=lab", "--out", str(tmp_path)]
     assert sweep.main(base + ["--dry-run"]) == 0
-    assert fake.commands[0][-2:] == ["cluster=lab", "--dry-run"] and not (tmp_path / "sweep.json").exists()
+    assert fake.commands[0][-3:] == ["cluster=lab", f"cluster.log_dir={tmp_path / 'slurm'}", "--dry-run"]
+    assert not (tmp_path / "sweep.json").exists()
 
     monkeypatch.setattr(sweep.subprocess, "run", FakeSubmit(1, "", "error: cluster=lab: no configs/cluster/lab.yaml\n"))
     assert sweep.main(base) == 1

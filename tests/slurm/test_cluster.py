@@ -136,3 +136,23 @@ def test_killed_worker_on_one_node_restarts_and_completes(slurm_cluster, tmp_pat
     assert len(resumed) == 1 and resumed[0] >= 10 and resumed[0] % 10 == 0
     assert [m["step"] for m in metrics(run_dir) if "loss" in m] == list(range(1, 101))
     assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_sweep_points_run_as_slurm_jobs_and_report(slurm_cluster, tmp_path, prepared_data):
+    sweep = [sys.executable, "-m", "launch.sweep", "sweep=attention", "--points", "mha,mqa", "--launcher", "slurm",
+             "--cluster", "local_test", "--out", str(tmp_path / "sweep"), f"data.path={prepared_data}",
+             "data.seq_len=64", "trainer.max_steps=6", "trainer.micro_batch_size=2"]
+    submitted = subprocess.run(sweep, capture_output=True, text=True, env=slurm_cluster, cwd=REPO, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    jobs = re.findall(r"submitted job (\d+)", submitted.stdout)
+    assert len(jobs) == 2
+    for job in jobs:
+        assert wait_for_job(slurm_cluster, job)["JobState"] == "COMPLETED"
+    assert sorted(p.name for p in (tmp_path / "sweep" / "slurm").glob("*.out")) == sorted(
+        f"pretrain-{point}-{job}{node}.out" for point, job in zip(("mha", "mqa"), jobs) for node in ("", "-n1", "-n2"))
+    report = subprocess.run(sweep + ["--report-only"], capture_output=True, text=True, env=slurm_cluster, cwd=REPO,
+                            timeout=120)
+    assert report.returncode == 0, report.stdout + report.stderr
+    rows = json.loads((tmp_path / "sweep" / "report.json").read_text())["rows"]
+    assert [(r["point"], r["status"]) for r in rows] == [("mha", "finished"), ("mqa", "finished")]
+    assert (tmp_path / "sweep" / "val_loss_vs_tokens.png").stat().st_size > 0
