@@ -5,6 +5,7 @@ set -uo pipefail
 LAB=${LLMB_SLURM_LAB:-/tmp/llm-blocks-slurm}
 export SLURM_CONF=$LAB/etc/slurm.conf
 say() { echo "[testcluster] $*"; }
+alive() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null); [ -n "$state" ] && [ "${state:0:1}" != Z ]; }  # zombies count as stopped
 
 if [ ! -s "$LAB/run/pids" ]; then
   say "nothing to stop: no $LAB/run/pids"
@@ -17,9 +18,10 @@ else
     fi
   fi
   tac "$LAB/run/pids" | while read -r name pid; do  # slurmd n2, n1, slurmctld, munged
-    kill "$pid" 2>/dev/null || { say "$name ($pid) was not running"; continue; }
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; say "killed $name ($pid)"; else say "stopped $name ($pid)"; fi
+    alive "$pid" || { say "$name ($pid) was not running"; continue; }
+    kill "$pid"
+    for _ in $(seq 50); do alive "$pid" || break; sleep 0.2; done
+    if alive "$pid"; then kill -9 "$pid"; say "killed $name ($pid)"; else say "stopped $name ($pid)"; fi
   done
   mv "$LAB/run/pids" "$LAB/run/pids.stopped"
 fi

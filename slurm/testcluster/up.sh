@@ -19,7 +19,9 @@ NET=10.201.0
 export SLURM_CONF=$LAB/etc/slurm.conf
 say() { echo "[testcluster] $*"; }
 cannot() { say "cannot start: $*"; exit 3; }
-running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A process that exited but wasn't reaped (a zombie: where PID 1 doesn't reap, as in some containers) isn't running.
+alive() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null); [ -n "$state" ] && [ "${state:0:1}" != Z ]; }
+running() { [ -s "$1" ] && alive "$(cat "$1")"; }
 
 [ "$(id -u)" = 0 ] || cannot "needs root (slurmd runs jobs as any user; munge keys are root's)"
 
