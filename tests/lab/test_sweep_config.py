@@ -110,20 +110,16 @@ def test_command_line_errors(argv, message, tmp_path):
         planned(*argv, "--out", str(tmp_path))
 
 
-def test_sweep_file_typos_name_the_file_and_key(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, text, message", [
+    ("typo", "points:\n  - {name: a, overides: [model.dim=32]}\n",
+     r"typo.yaml: points\[0\]: Key 'overides' not in 'PointConfig' \(the keys of"),
+    ("unfair", "points:\n  - {name: a, overrides: [trainer.seed=1]}\n", r"unfair.yaml: point 'a' sets trainer.seed"),
+    ("top", "matchh: params\npoints: []\n", r"top.yaml: Key 'matchh' not in 'SweepConfig'"),
+    ("twice", "points:\n  - {name: a}\n  - {name: a}\n", r"twice.yaml: point names must be unique; repeated: \['a'\]"),
+    ("badname", "points:\n  - {name: 'a b'}\n", r"badname.yaml: point 'a b': the name must be letters"),
+])
+def test_sweep_file_typos_name_the_file_and_key(name, text, message, tmp_path, monkeypatch):
     monkeypatch.setattr("launch.sweep_config.SWEEPS_DIR", tmp_path)
-    (tmp_path / "typo.yaml").write_text("points:\n  - {name: a, overides: [model.dim=32]}\n")
-    with pytest.raises(ValueError, match=r"typo.yaml: points\[0\]: Key 'overides' not in 'PointConfig' \(the keys of"):
-        load_sweep("typo")
-    (tmp_path / "unfair.yaml").write_text("points:\n  - {name: a, overrides: [trainer.seed=1]}\n")
-    with pytest.raises(ValueError, match=r"unfair.yaml: point 'a' sets trainer.seed"):
-        load_sweep("unfair")
-    (tmp_path / "top.yaml").write_text("matchh: params\npoints: []\n")
-    with pytest.raises(ValueError, match=r"top.yaml: Key 'matchh' not in 'SweepConfig'"):
-        load_sweep("top")
-    (tmp_path / "twice.yaml").write_text("points:\n  - {name: a}\n  - {name: a}\n")
-    with pytest.raises(ValueError, match=r"twice.yaml: point names must be unique; repeated: \['a'\]"):
-        load_sweep("twice")
-    (tmp_path / "badname.yaml").write_text("points:\n  - {name: 'a b'}\n")
-    with pytest.raises(ValueError, match=r"badname.yaml: point 'a b': the name must be letters"):
-        load_sweep("badname")
+    (tmp_path / f"{name}.yaml").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_sweep(name)
