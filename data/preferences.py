@@ -142,9 +142,13 @@ class PreferenceBatch:
     rejected_labels_BL: torch.Tensor
 
 
-def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> PreferenceBatch:
-    """Right-padded to one length L for both sides, so chosen and rejected can run as one [2B, L] batch."""
-    length = max(max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs)
+def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int, multiple_of: int = 1, max_length: int = 0) -> PreferenceBatch:
+    """Right-padded to one length L for both sides, so chosen and rejected can run as one [2B, L] batch;
+    L rounded up to a multiple of `multiple_of` (at most `max_length`, when given): few distinct shapes,
+    since CPU bf16 kernels (oneDNN matmul, flash attention) cache per shape and memory grew with every new L."""
+    longest = max(max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs)
+    length = -(-longest // multiple_of) * multiple_of
+    length = max(longest, min(length, max_length)) if max_length else length
 
     def padded(rows: List[List[int]], fill: int) -> torch.Tensor:
         return torch.tensor([row + [fill] * (length - len(row)) for row in rows], dtype=torch.long)

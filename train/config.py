@@ -28,6 +28,9 @@ class DataConfig:
     chat: ChatSource = field(default_factory=ChatSource)
     pack: bool = True  # SFT: pack conversations into windows (with document masking), else one per window
     chat_val_fraction: float = 0.05  # conversations / pairs held out, spread evenly
+    # DPO: pad a batch's length up to a multiple of this (at most seq_len). Few distinct shapes keep memory
+    # flat: CPU bf16 kernels cache per shape (150 DPO steps grew the peak RSS from 0.6 to 1.5 GB unpadded).
+    pad_to_multiple_of: int = 64
 
 
 @dataclass

@@ -77,11 +77,11 @@ def collate_windows(samples: List) -> Dict[str, torch.Tensor]:
             "index": torch.tensor(indices)}
 
 
-def collate_preferences(pad_id: int) -> Callable[[List], Dict[str, torch.Tensor]]:
+def collate_preferences(pad_id: int, multiple_of: int, max_length: int) -> Callable[[List], Dict[str, torch.Tensor]]:
     """Pairs -> one [2B, L] batch: the B chosen sequences, then the B rejected ones."""
     def collate(samples: List) -> Dict[str, torch.Tensor]:
         pairs, indices = zip(*samples)
-        batch = collate_pairs(pairs, pad_id)
+        batch = collate_pairs(pairs, pad_id, multiple_of, max_length)
         ids = torch.cat([batch.chosen_ids_BL, batch.rejected_ids_BL])
         labels = torch.cat([batch.chosen_labels_BL, batch.rejected_labels_BL])
         return {"inputs": ids[:, :-1], "targets": labels[:, 1:], "index": torch.tensor(indices)}
@@ -114,7 +114,8 @@ def stage_data(stage: str, config: DataConfig, tokenizer_folder: Path) -> StageD
         train, val, collate, skipped = sft_items(sft.train), sft_items(sft.val), collate_windows, sft.skipped
     elif stage == "dpo":
         train, val, skipped = load_pairs(config.chat, tokenizer, config.seq_len, config.chat_val_fraction)
-        report, collate = f"{len(train):,} preference pairs (+{len(val)} held out)", collate_preferences(pad_id)
+        report = f"{len(train):,} preference pairs (+{len(val)} held out)"
+        collate = collate_preferences(pad_id, config.pad_to_multiple_of, config.seq_len)
     else:
         raise ValueError(f"stage={stage!r} is unknown; use pretrain, midtrain, sft or dpo")
     dropped = sum(n for reason, n in skipped.counts.items() if not reason.endswith("(kept)"))

@@ -99,14 +99,21 @@ def test_labels_only_on_the_response_and_truncation(tokenizer):
     assert not skipped.counts
 
 
-def test_collate_pads_both_sides_to_one_length(tokenizer):
+@pytest.mark.parametrize("multiple_of, cap, expected", [
+    (1, 0, lambda longest: longest),
+    (64, 0, lambda longest: 64),  # a few shapes only: rounded up
+    (64, "longest+2", lambda longest: longest + 2),  # never past the sequence length
+])
+def test_collate_pads_both_sides_to_one_length(tokenizer, multiple_of, cap, expected):
     from data.preferences import PreferencePair
 
     pairs = [PreferencePair([user(q)], c, r, "t") for q, c, r in [("One?", "Yes.", "No, never, not at all."),
                                                                     ("A longer question here?", "Ok", "Nope")]]
     encoded = [encode_pair(tokenizer, p, 128, Skipped()) for p in pairs]
-    batch = collate_pairs(encoded, PAD)
-    length = max(len(s) for e in encoded for s in (e.chosen_ids, e.rejected_ids))
+    longest = max(len(s) for e in encoded for s in (e.chosen_ids, e.rejected_ids))
+    assert longest < 62
+    batch = collate_pairs(encoded, PAD, multiple_of, longest + 2 if cap == "longest+2" else cap)
+    length = expected(longest)
     for name in ("chosen", "rejected"):
         ids_BL, labels_BL = getattr(batch, f"{name}_ids_BL"), getattr(batch, f"{name}_labels_BL")
         assert ids_BL.shape == labels_BL.shape == (2, length) and ids_BL.dtype == labels_BL.dtype == torch.long
