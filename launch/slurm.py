@@ -176,15 +176,16 @@ def main(argv=None) -> int:
         for job in jobs:
             print(job.script)
         return 0
-    dependency = None
+    dependency, ids = None, []
     for job in jobs:
         dependency = submit(job, log_dir, dependency)
+        ids.append(dependency)
         print(f"submitted job {dependency} ({job.name})")
         print(f"  log:       {log_dir}/{job.name}-{dependency}.out" + (" (and one per node: *-<node>.out)" if job.run_dir else ""))
         if job.run_dir:
             print(f"  run:       {job.run_dir}")
             print(f"  {job.wandb}")
-    print(f"watch: squeue -j {dependency}; tail -f {log_dir}/{jobs[-1].name}-{dependency}.out")
+    print(f"watch: squeue --jobs {','.join(ids)}; tail -f {log_dir}/{jobs[-1].name}-{dependency}.out")
     return 0
 
 

@@ -156,3 +156,23 @@ def test_sweep_points_run_as_slurm_jobs_and_report(slurm_cluster, tmp_path, prep
     rows = json.loads((tmp_path / "sweep" / "report.json").read_text())["rows"]
     assert [(r["point"], r["status"]) for r in rows] == [("mha", "finished"), ("mqa", "finished")]
     assert (tmp_path / "sweep" / "val_loss_vs_tokens.png").stat().st_size > 0
+
+
+def test_pipeline_as_dependent_jobs_runs_every_stage_in_order(slurm_cluster, tmp_path):
+    short = ["data.source.include_modules=false", "data.tokenizer.vocab_size=1024", "train.model.vocab_size=1024",
+             "pretrain.trainer.max_steps=8", "midtrain.trainer.max_steps=2", "sft.trainer.max_steps=4",
+             "dpo.trainer.max_steps=4", "train.trainer.val_samples=16", "train.trainer.micro_batch_size=1"]
+    out = tmp_path / "pipeline"
+    result = subprocess.run([sys.executable, "-m", "launch.slurm", "--pipeline", "--out", str(out), "cluster=local_test",
+                             f"cluster.log_dir={tmp_path / 'logs'}", *short],
+                            capture_output=True, text=True, env=slurm_cluster, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    jobs = re.findall(r"submitted job (\d+) \((\w+)\)", result.stdout)
+    assert [name for _, name in jobs] == ["data", "pretrain", "midtrain", "sft", "dpo", "report"]
+    states = [wait_for_job(slurm_cluster, job, timeout=600) for job, _ in jobs]
+    assert [s["JobState"] for s in states] == ["COMPLETED"] * 6, logs(tmp_path, jobs[-1][0])
+    for before, after in zip(states, states[1:]):  # afterok: each job starts once the previous one has ended
+        assert after["StartTime"] >= before["EndTime"]
+    summary = (out / "pipeline_summary.md").read_text()
+    assert all(f"| {stage} |" in summary for stage in ("pretrain", "midtrain", "sft", "dpo"))
+    assert (out / "hf" / "config.json").is_file()
