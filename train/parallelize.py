@@ -35,16 +35,13 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
 
 
 def check_expert_parallel(model: nn.Module, config: ParallelConfig, world: World) -> None:
-    """ep must divide the data-parallel size, the model must have MoE layers, and the mesh must be 1-D."""
+    """ep must divide the data-parallel size, and the model must have MoE layers."""
     dp_size = world.mesh["dp_replicate"].size() * world.mesh["dp_shard"].size()
     if config.ep < 1 or dp_size % config.ep:
         raise ValueError(f"parallel.ep={config.ep} must be >= 1 and divide the data-parallel size {dp_size} "
                          f"(parallel.dp_replicate x parallel.dp_shard)")
     if config.ep > 1 and not model.moe_layers():
         raise ValueError(f"parallel.ep={config.ep} needs a model with MoE layers; this model has none (use parallel.ep=1)")
-    if config.ep > 1 and world.mesh["dp_replicate"].size() > 1:
-        raise ValueError(f"parallel.ep={config.ep} with parallel.dp_replicate={world.mesh['dp_replicate'].size()} "
-                         "(HSDP) is not supported; use parallel.dp_replicate=1 with expert parallelism")
 
 
 def parallelize(model: nn.Module, config: ParallelConfig, world: World) -> nn.Module:

@@ -43,10 +43,13 @@ def one_process(prepared_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc,ep", [(2, 2), (4, 2), (4, 4)], ids=["2ranks-ep2", "4ranks-ep2", "4ranks-ep4"])
-def test_expert_parallel_equals_one_process(prepared_data, one_process, tmp_path, nproc, ep):
+@pytest.mark.parametrize("nproc,ep,replicate", [(2, 2, 1), (4, 2, 1), (4, 4, 1), (4, 2, 2)],
+                         ids=["2ranks-ep2", "4ranks-ep2", "4ranks-ep4", "4ranks-hsdp2x2-ep2"])
+def test_expert_parallel_equals_one_process(prepared_data, one_process, tmp_path, nproc, ep, replicate):
+    """Experts over edp = world / ep ranks; dense weights over the (replicate, shard) mesh (HSDP when replicate > 1)."""
     run_dir = tmp_path / "ep"
-    result = run_training(run_dir, prepared_data, *MOE, "trainer.max_steps=20", f"parallel.ep={ep}", nproc=nproc)
+    result = run_training(run_dir, prepared_data, *MOE, "trainer.max_steps=20", f"parallel.ep={ep}",
+                          f"parallel.dp_replicate={replicate}", nproc=nproc)
     a = losses(one_process)
     assert_same_losses(a, losses(run_dir), 20)
     assert a[20] < a[1] - 0.5  # it learns
@@ -88,6 +91,19 @@ def test_expert_parallel_checkpoint_resumes_exactly_and_on_one_process(prepared_
 
 
 @pytest.mark.slow
+def test_hsdp_expert_parallel_checkpoint_resumes_on_another_layout(prepared_data, tmp_path):
+    """4 ranks, HSDP 2x2 with ep=2, to step 6; resumed on 2 ranks (ep=2, plain FSDP) to step 12: the
+    losses of an uninterrupted 2-rank run (the dense shards of a 2-D mesh and the whole experts reload)."""
+    common = [*MOE, "optim.schedule=constant", "trainer.deterministic=true", "parallel.ep=2"]
+    whole, moved = tmp_path / "whole", tmp_path / "moved"
+    run_training(whole, prepared_data, *common, "trainer.max_steps=12", nproc=2)
+    run_training(moved, prepared_data, *common, "trainer.max_steps=6", "parallel.dp_replicate=2", nproc=4)
+    result = run_training(moved, prepared_data, *common, "trainer.max_steps=12", nproc=2)
+    assert "resumed from" in result.stdout and "step_00000006" in result.stdout
+    assert_same_losses(losses(whole), losses(moved), 12)
+
+
+@pytest.mark.slow
 def test_exported_model_holds_all_experts(prepared_data, tmp_path):
     from train.model import load_model
 
@@ -120,5 +136,4 @@ def test_expert_parallel_settings_are_checked():
         check_expert_parallel(moe, ParallelConfig(ep=3), fake_world(1, 4))
     with pytest.raises(ValueError, match=r"parallel.ep=2 needs a model with MoE layers"):
         check_expert_parallel(dense, ParallelConfig(ep=2), fake_world(1, 2))
-    with pytest.raises(ValueError, match=r"HSDP"):
-        check_expert_parallel(moe, ParallelConfig(ep=2), fake_world(2, 2))
+    check_expert_parallel(moe, ParallelConfig(ep=4), fake_world(2, 2))  # HSDP: ep divides replicate x shard
