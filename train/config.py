@@ -81,6 +81,9 @@ class ParallelConfig:
     reduce_dtype: str = "fp32"  # gradient reduction dtype
     activation_checkpointing: str = "none"  # none | selective (every other block) | full
     compile: bool = False  # torch.compile each block
+    # False: keep each block's gathered (compute-dtype) weights from forward to backward (ZeRO-2-like): no
+    # second all-gather and cast in backward, for the memory of one unsharded copy of the blocks
+    reshard_after_forward: bool = True
 
 
 @dataclass

@@ -64,7 +64,7 @@ def parallelize(model: nn.Module, config: ParallelConfig, world: World) -> nn.Mo
     if expert_parallel is not None:  # before the blocks are sharded: the experts are their own FSDP units over edp
         shard_experts(expert_parallel, mp_policy=policy)
     for block in model.layers:
-        fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
     # The loss calls model.hidden_states() and then reads model.output_weight() (train/loss.py fuses
     # the output projection into the cross-entropy), so hidden_states is an FSDP forward too, and the
     # root's parameters (embeddings, final norm, output head) stay gathered until backward.

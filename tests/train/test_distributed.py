@@ -16,8 +16,9 @@ def final_weights(run_dir, step, tmp_path):
     return torch.load(out, weights_only=False)["model"]
 
 
-@pytest.mark.parametrize("nproc,layout", [(2, []), (4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"])],
-                         ids=["fsdp-2", "hsdp-2x2"])
+@pytest.mark.parametrize("nproc,layout", [(2, []), (4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"]),
+                                          (2, ["parallel.reshard_after_forward=false"])],
+                         ids=["fsdp-2", "hsdp-2x2", "fsdp-2-keep-gathered"])
 def test_sharded_ranks_equal_one_process(prepared_data, tmp_path, nproc, layout):
     one, two = tmp_path / "one", tmp_path / "many"
     # 9 validation samples: ranks hold unequal shares, and must still run the same number of forwards
