@@ -183,7 +183,7 @@ class Trainer:
         flag = torch.tensor([float(asked)], device=self.world.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and self.world.is_main and stop_file.exists():
-            self.say(f"found {stop_file}: finishing this step, then checkpointing and exiting")
+            self.say(f"found {stop_file}: checkpointing this step and exiting")
             stop_file.unlink()
         return bool(flag.item())
 
