@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from launch import pipeline
 from train.config import TrainConfig, compose_train_config
 from train.data_loader import check_batch_sizes
+from train.metrics import wandb_run_id
 from train.model.config import CONFIGS_DIR
 from train.trainer import STOP_FILE
 
@@ -75,7 +76,7 @@ class Job:
     name: str  # SLURM's --job-name, also the start of its log files' names
     script: str
     run_dir: Optional[Path] = None  # training jobs: where checkpoints and metrics go
-    wandb: str = ""  # how to find the run in W&B
+    config: Optional[TrainConfig] = None  # training jobs: the composed training config
 
 
 def compose_cluster(overrides: List[str]) -> ClusterConfig:
@@ -99,13 +100,20 @@ def render(title: str, job_name: str, cluster: ClusterConfig, nodes: int, log_di
 
 
 def wandb_line(config: TrainConfig) -> str:
+    """Where the job's W&B run will be. Its id is fixed now (the trainer reads it from the run folder),
+    so the address is known before the job starts, and stays the same through requeues."""
     settings = config.logging.wandb
     if settings.mode == "disabled":
         return "W&B: off (add logging.wandb.mode=online, or offline on clusters without internet)"
-    where = f"{settings.entity + '/' if settings.entity else ''}{settings.project}"
-    line = f"W&B: project {where}, group {settings.group or '-'}, run {config.run_name} ({settings.mode})"
+    run_dir = config.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = wandb_run_id(run_dir)
+    where = f"{settings.entity}/{settings.project}" if settings.entity else settings.project
+    line = f"W&B: project {where}, group {settings.group or '-'}, run {config.run_name} (id {run_id}, {settings.mode})"
+    if settings.mode == "online" and settings.entity:
+        line += f": https://wandb.ai/{settings.entity}/{settings.project}/runs/{run_id}"
     if settings.mode == "offline":
-        line += f"; afterwards: wandb sync {config.run_dir.resolve()}/wandb/offline-run-*"
+        line += f"; afterwards: wandb sync {run_dir}/wandb/offline-run-*"
     return line
 
 
@@ -120,7 +128,7 @@ def training_job(cluster: ClusterConfig, overrides: List[str], log_dir: Path, ti
     run_dir = config.run_dir.resolve()
     name = f"{config.stage}-{config.run_name}" if config.stage != config.run_name else config.stage
     script = render(title, name, cluster, cluster.nodes, log_dir, module="train", args=overrides, run_dir=run_dir)
-    return Job(name, script, run_dir, wandb_line(config))
+    return Job(name, script, run_dir, config)
 
 
 def pipeline_jobs(cluster: ClusterConfig, items: List[str], out: Path, log_dir: Path) -> List[Job]:
@@ -184,7 +192,7 @@ def main(argv=None) -> int:
         print(f"  log:       {log_dir}/{job.name}-{dependency}.out" + (" (and one per node: *-<node>.out)" if job.run_dir else ""))
         if job.run_dir:
             print(f"  run:       {job.run_dir}")
-            print(f"  {job.wandb}")
+            print(f"  {wandb_line(job.config)}")
     print(f"watch: squeue --jobs {','.join(ids)}; tail -f {log_dir}/{jobs[-1].name}-{dependency}.out")
     return 0
 

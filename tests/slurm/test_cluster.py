@@ -81,7 +81,7 @@ def test_two_nodes_train_to_the_end_with_checkpoint_metrics_and_wandb(slurm_clus
     [run_file] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     run = next(r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run")
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
-    assert run.run_group == "slurm-test"
+    assert run.run_group == "slurm-test" and run.run_id == (run_dir / "wandb_run_id").read_text()  # the id printed at submission
     assert config["launch"]["slurm_job_id"] == job and config["launch"]["slurm_nodelist"] == "n[1-2]"
     assert config["launch"]["world_size"] == 4 and len(config["launch"]["git_commit"]) >= 40
     assert config["trainer"]["max_steps"] == 12

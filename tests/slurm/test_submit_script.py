@@ -65,7 +65,8 @@ def test_pipeline_is_submitted_as_jobs_that_each_wait_for_the_previous_one(tmp_p
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SBATCH_CALLS=str(tmp_path / "calls"))
     out = tmp_path / "pipe"
     result = slurm("--pipeline", "--out", str(out), "cluster=local_test", f"cluster.log_dir={tmp_path / 'logs'}",
-                   "pretrain.trainer.max_steps=7", "train.logging.wandb.mode=offline", "train.trainer.micro_batch_size=1", env=env)
+                   "pretrain.trainer.max_steps=7", "train.logging.wandb.mode=online", "train.logging.wandb.entity=team",
+                   "train.trainer.micro_batch_size=1", env=env)
     assert result.returncode == 0, result.stderr
     calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
     assert [c[:-1] for c in calls] == [["--parsable"]] + [["--parsable", f"--dependency=afterok:{101 + i}"]
@@ -77,8 +78,10 @@ def test_pipeline_is_submitted_as_jobs_that_each_wait_for_the_previous_one(tmp_p
     group = (out / "wandb_group").read_text().strip()
     for stage, script in zip(names[1:5], scripts[1:5]):
         assert f"-m train stage={stage} out_dir={out / 'runs'}" in script and f"logging.wandb.group={group}" in script
-        assert "logging.wandb.mode=offline" in script and "--nnodes \"$SLURM_NNODES\" --nproc-per-node 2" in script
+        assert "logging.wandb.mode=online" in script and "--nnodes \"$SLURM_NNODES\" --nproc-per-node 2" in script
+        run_id = (out / "runs" / stage / "wandb_run_id").read_text()  # fixed at submission, read by the trainer
+        assert f"https://wandb.ai/team/llm-blocks/runs/{run_id}" in result.stdout
     assert "trainer.max_steps=7" in scripts[1] and "trainer.max_steps=7" not in scripts[2]
     assert f"checkpoint.init_from={out / 'runs' / 'sft' / 'model'}" in scripts[4]
     assert f"-m launch.pipeline --out {out}" in scripts[5]
-    assert "submitted job 106 (report)" in result.stdout and f"W&B: project llm-blocks, group {group}" in result.stdout
+    assert "submitted job 106 (report)" in result.stdout and f"W&B: project team/llm-blocks, group {group}" in result.stdout
