@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from train.config import TrainConfig
-from train.distributed import close_world
+from train.distributed import close_world, exit_world
 from train.trainer import Trainer
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
@@ -18,9 +18,12 @@ def main(cfg: DictConfig) -> None:
     trainer = Trainer(config)
     try:
         trainer.train()
-    finally:
+    except BaseException:
         trainer.close()
         close_world()
+        raise
+    trainer.close()
+    exit_world()
 
 
 if __name__ == "__main__":
