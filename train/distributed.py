@@ -102,8 +102,8 @@ def exit_world() -> None:
     """The end of a run that finished: every rank meets at a barrier, then a run of several processes
     exits at once (os._exit(0)), skipping torch's C++ teardown. With each attempt's store hosted by rank 0
     (multi-node, TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1), a rank still tearing down after rank 0 has gone
-    sometimes aborted ("terminate called without an active exception", exit -6, 1 job in ~20 on the
-    two-node test cluster), and torchrun then restarted a finished job on one node while the other waited
+    sometimes aborted ("terminate called without an active exception", exit -6; once, in CI, among some 30
+    two-node runs on the test cluster), and torchrun then restarted a finished job on one node while the other waited
     at its exit barrier. Nothing is left to tear down: checkpoints are written and W&B is finished."""
     if not dist.is_initialized():
         return
