@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.config import DataConfig, SourceConfig, TokenizerConfig  # noqa: E402
+from data.config import PrepareConfig, SourceConfig, TokenizerConfig  # noqa: E402
 from data.prepare import prepare  # noqa: E402
 from data.sources import SourceStats, read_documents  # noqa: E402
 from data.tokenizer import train_bpe  # noqa: E402
@@ -44,7 +44,7 @@ def baseline(documents, tokenizer_file: str, eos: int, out: Path, num_proc) -> i
 
 
 def ours(folder: Path, tokenizer_file: str, workers: int, name: str) -> int:
-    config = DataConfig(name=name, out_dir=str(folder), source=SourceConfig(kind="stdlib"),
+    config = PrepareConfig(name=name, out_dir=str(folder), source=SourceConfig(kind="stdlib"),
                         tokenizer=TokenizerConfig(path=tokenizer_file), num_workers=workers, progress=False)
     manifest = prepare(config).manifest
     return sum(split["tokens"] for split in manifest["splits"].values())

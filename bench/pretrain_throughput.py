@@ -32,7 +32,7 @@ from train.config import TrainConfig  # noqa: E402
 from train.data_loader import stage_data, to_device  # noqa: E402
 from train.metrics import measure_cpu_tflops  # noqa: E402
 from train.model.config import apply_overrides, load_preset  # noqa: E402
-from train.model.inspect import summarize  # noqa: E402
+from train.model.summary import summarize  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
 SHAPE = {"dim": 384, "num_layers": 6, "vocab_size": 8192, "max_seq_len": 256, "tie_embeddings": False,

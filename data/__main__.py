@@ -1,17 +1,14 @@
 """`python -m data [overrides]`: prepare token shards (see data/prepare.py and configs/data.yaml)."""
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from data.config import DataConfig
+from common.paths import CONFIGS_DIR
+from data.config import PrepareConfig
 from data.errors import DataError
 from data.prepare import prepare
-
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
-
 
 def summary(prepared) -> str:
     m, path = prepared.manifest, prepared.path.resolve()
@@ -32,9 +29,9 @@ def summary(prepared) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path=CONFIGS, config_name="data", version_base=None)
+@hydra.main(config_path=str(CONFIGS_DIR), config_name="data", version_base=None)
 def main(cfg: DictConfig) -> None:
-    config: DataConfig = OmegaConf.to_object(cfg)
+    config: PrepareConfig = OmegaConf.to_object(cfg)
     try:
         prepared = prepare(config)
     except DataError as error:

@@ -56,7 +56,7 @@ class ShardConfig:
 
 
 @dataclass
-class DataConfig:
+class PrepareConfig:
     name: str = "stdlib"  # run name: the output is out_dir/name, the same for every rank and restart
     out_dir: str = "outputs/data"
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -69,4 +69,4 @@ class DataConfig:
     progress: bool = True
 
 
-ConfigStore.instance().store(name="data_schema", node=DataConfig)
+ConfigStore.instance().store(name="data_schema", node=PrepareConfig)

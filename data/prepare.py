@@ -9,7 +9,6 @@ Re-running an unchanged config (same settings, same input files) does nothing an
 import hashlib
 import itertools
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -24,9 +23,10 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from data import sources
-from data.config import DataConfig, SourceConfig
+from data.config import PrepareConfig, SourceConfig
 from data.errors import DataError
 from data.shards import DTYPES, ShardWriter, file_sha256
+from data.split import is_validation
 from data.tokenizer import SpecialIds, hf_tokenizer_config, load_tokenizer, save_tokenizer, special_ids, train_bpe
 
 MANIFEST = "manifest.json"
@@ -40,11 +40,11 @@ class Prepared:
     reused: bool  # True when an identical earlier run's output was kept
 
 
-def output_dir(config: DataConfig) -> Path:
+def output_dir(config: PrepareConfig) -> Path:
     return Path(config.out_dir) / config.name
 
 
-def all_sources(config: DataConfig) -> List[SourceConfig]:
+def all_sources(config: PrepareConfig) -> List[SourceConfig]:
     return [config.source, *config.mixture]
 
 
@@ -53,7 +53,7 @@ def describe(source: SourceConfig) -> str:
     return f"source kind={source.kind}{detail}"
 
 
-def config_fingerprint(config: DataConfig) -> str:
+def config_fingerprint(config: PrepareConfig) -> str:
     """A hash of everything the output depends on; settings that only change speed or display are left out."""
     settings = asdict(config)
     for key in ("name", "out_dir", "num_workers", "batch_documents", "progress"):
@@ -99,12 +99,7 @@ def remove_stale_temporaries(folder: Path, name: str) -> None:
 # --- documents, split and weighted ---------------------------------------------------------------
 
 
-def is_validation(ordinal: int, fraction: float) -> bool:
-    """Documents 0, 1/f, 2/f, ... are held out: evenly spread, deterministic, at least one when f > 0."""
-    return fraction > 0 and (ordinal == 0 or math.floor(ordinal * fraction) > math.floor((ordinal - 1) * fraction))
-
-
-def labelled_documents(config: DataConfig, stats: List[sources.SourceStats]) -> Iterator[Tuple[str, str, int]]:
+def labelled_documents(config: PrepareConfig, stats: List[sources.SourceStats]) -> Iterator[Tuple[str, str, int]]:
     """(text, split, copies) for every document of every source, in a fixed order."""
     ordinal = 0
     for index, source in enumerate(all_sources(config)):
@@ -154,7 +149,7 @@ def encode_batch(task: Tuple[List[str], list]) -> Tuple[np.ndarray, np.ndarray, 
     return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint32, count=int(lengths.sum())), lengths, labels
 
 
-def encoded_batches(config: DataConfig, tokenizer_json: str, ids: SpecialIds, work: Iterator) -> Iterator:
+def encoded_batches(config: PrepareConfig, tokenizer_json: str, ids: SpecialIds, work: Iterator) -> Iterator:
     workers = config.num_workers or os.cpu_count() or 1
     args = (tokenizer_json, ids, config.shards.add_bos)
     if workers == 1:
@@ -170,7 +165,7 @@ def encoded_batches(config: DataConfig, tokenizer_json: str, ids: SpecialIds, wo
 # --- the stage ---------------------------------------------------------------------------------------
 
 
-def prepare(config: DataConfig) -> Prepared:
+def prepare(config: PrepareConfig) -> Prepared:
     out = output_dir(config)
     check_writable(out.parent)
     fingerprint = config_fingerprint(config)
@@ -194,7 +189,7 @@ def prepare(config: DataConfig) -> Prepared:
     return Prepared(out, manifest, reused=False)
 
 
-def build(config: DataConfig, work: Path, fingerprint: str) -> Dict[str, object]:
+def build(config: PrepareConfig, work: Path, fingerprint: str) -> Dict[str, object]:
     started = time.time()
     if config.tokenizer.path:
         tokenizer = load_tokenizer(config.tokenizer.path)

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Optional
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from data.chat import CHAT_TEMPLATE, CHAT_TOKENS
+from data.chat.template import CHAT_TEMPLATE, CHAT_TOKENS
 from data.config import TokenizerConfig
 from data.errors import DataError
 

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from train.distributed import free_port
+from common.processes import free_port, threads_per_process
 
 
 def torchrun_command(nproc: int, max_restarts: int, module: str, overrides, script=None):
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-restarts", type=int, default=3, help="elastic restarts before giving up")
     parser.add_argument("--module", default="train", help="the Python module to run (default: train)")
     args, overrides = parser.parse_known_args(argv)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc))))
+    env = dict(os.environ, OMP_NUM_THREADS=threads_per_process(args.nproc))
     return subprocess.call(torchrun_command(args.nproc, args.max_restarts, args.module, overrides), env=env)
 
 

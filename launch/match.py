@@ -2,7 +2,7 @@
 
     adjustment = match_knob(model_config, "model.ffns.swiglu.hidden_dim", "params", target, context=256)
 
-The measures come from the inspector (train.model.inspect.summarize): total parameters, active parameters
+The measures come from the inspector (train.model.summary.summarize): total parameters, active parameters
 (MoE: what one token goes through), non-embedding parameters (total minus the embedding tables and the
 output head: Kaplan et al. 2020's N, the fair size when widths differ at a small scale), or training FLOPs
 per token at the training context. The knob is an integer model key (an FFN hidden dim, the model dim)
@@ -16,7 +16,7 @@ from typing import Dict
 from omegaconf import OmegaConf
 
 from train.model.config import ModelConfig, apply_overrides
-from train.model.inspect import Summary, summarize
+from train.model.summary import Summary, summarize
 
 MEASURES = {
     "params": lambda s: s.params_total,

@@ -15,7 +15,6 @@ accuracy on held-out pairs, and where the checkpoints and the Hugging Face expor
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,10 @@ from typing import Dict, List
 
 from omegaconf import OmegaConf
 
+from common.atomic import create_once
+from common.processes import tee
 from launch.local import torchrun_command
+from train.run_folder import is_finished
 
 TRAIN_STAGES = ("pretrain", "midtrain", "sft", "dpo")
 PREFIXES = ("data", "train") + TRAIN_STAGES
@@ -59,7 +61,7 @@ def stage_overrides(stage: str, out: Path, routed: Dict[str, List[str]]) -> List
         f"stage={stage}", f"out_dir={runs}",
         *([f"data.path={data_dir / 'stdlib'}"] if stage == "pretrain" else []),
         *([f"data.path={data_dir / 'stdlib_long'}"] if stage == "midtrain" else []),
-        *([f"checkpoint.init_from={runs / previous[stage] / 'model'}"] if stage in previous else []),
+        *([f"init.weights={runs / previous[stage] / 'model'}"] if stage in previous else []),
         f"logging.wandb.group={wandb_group(out)}", *routed["train"], *routed[stage],
     ]
 
@@ -67,28 +69,16 @@ def stage_overrides(stage: str, out: Path, routed: Dict[str, List[str]]) -> List
 def wandb_group(out: Path) -> str:
     """One W&B group per pipeline (per output folder), named once and kept in OUT/wandb_group, so
     re-runs, resumed stages and SLURM jobs of the same pipeline land in the same group."""
-    path = out / "wandb_group"
-    if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"pipeline-{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        tmp.rename(path)
-    return path.read_text().strip()
+    return create_once(out / "wandb_group", lambda: f"pipeline-{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def run(command: List[str], log: Path) -> str:
     """Run a stage, streaming its output to the console and to its log file; stop the pipeline if it fails."""
-    log.parent.mkdir(parents=True, exist_ok=True)
     print(f"$ {' '.join(command)}", flush=True)
-    lines = []
-    with open(log, "a") as f, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
-        for line in p.stdout:
-            print(line, end="", flush=True)
-            f.write(line)
-            lines.append(line)
-    if p.returncode != 0:
-        raise SystemExit(f"error: stage failed with exit status {p.returncode}; see {log}")
-    return "".join(lines)
+    returncode, output = tee(command, log)
+    if returncode != 0:
+        raise SystemExit(f"error: stage failed with exit status {returncode}; see {log}")
+    return output
 
 
 def final_metrics(run_dir: Path) -> Dict[str, float]:
@@ -118,7 +108,7 @@ def main(argv=None) -> int:
         run_dir = runs / stage
         if stage == "sft":
             chats["before SFT"] = chat(runs / "midtrain" / "model", logs)
-        if (run_dir / "model" / "model.safetensors").is_file():
+        if is_finished(run_dir):
             print(f"== {stage}: finished earlier, skipped ({run_dir / 'model'})", flush=True)
         else:
             print(f"== {stage}", flush=True)
@@ -128,7 +118,7 @@ def main(argv=None) -> int:
             context = OmegaConf.load(runs / "pretrain" / "config.yaml").data.seq_len
             passkey["before YaRN" if stage == "pretrain" else "after YaRN"] = passkey_scores(run_dir / "model", context, logs)
     chats["after DPO"] = chat(runs / "dpo" / "model", logs)
-    run([python, "-m", "train.export", f"checkpoint={runs / 'dpo' / 'model'}", f"out={out / 'hf'}"], logs / "export.log")
+    run([python, "-m", "train.export", f"model_dir={runs / 'dpo' / 'model'}", f"out={out / 'hf'}"], logs / "export.log")
 
     summary = render_summary(runs, passkey, chats, out, time.time() - started)
     (out / "pipeline_summary.md").write_text(summary)
@@ -138,13 +128,13 @@ def main(argv=None) -> int:
 
 def passkey_scores(model_dir: Path, context: int, logs: Path) -> Dict[str, float]:
     """Passkey accuracy at 1x, 2x and 4x the pre-training context."""
-    output = run([sys.executable, "-m", "train.passkey", f"checkpoint={model_dir}", f"context={context}"],
+    output = run([sys.executable, "-m", "train.passkey", f"model_dir={model_dir}", f"context={context}"],
                  logs / "passkey.log")
     return {k: float(v) for k, v in re.findall(r"(\d+x) ([\d.]+)", output.strip().splitlines()[-1])}
 
 
 def chat(model_dir: Path, logs: Path) -> str:
-    output = run([sys.executable, "-m", "train.chat", f"checkpoint={model_dir}", f"prompt='{CHAT_PROMPT}'",
+    output = run([sys.executable, "-m", "train.talk", f"model_dir={model_dir}", f"prompt='{CHAT_PROMPT}'",
                   "max_new_tokens=48"], logs / "chat.log")
     return output.strip().splitlines()[-1].removeprefix("assistant:").strip() if output.strip() else ""
 

@@ -2,7 +2,7 @@
 
     write_report(Path("outputs/sweeps/attention"))   # reads sweep.json and <point>/{config.yaml,metrics.jsonl}
 
-Architecture columns come from the inspector (train.model.inspect.summarize) on the point's resolved model
+Architecture columns come from the inspector (train.model.summary.summarize) on the point's resolved model
 config, the run folder's config.yaml (or, for a point that never started, the config planned in
 sweep.json): total and active parameters, training FLOPs per token at the training context, and the
 KV-cache / recurrent-state bytes per token of one sequence at 4k and 32k tokens (bf16; a fixed-size state
@@ -15,7 +15,6 @@ val_loss_vs_flops.png, throughput.png, cache_vs_context.png.
 """
 
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -27,8 +26,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from common.atomic import atomic_write  # noqa: E402
+from common.numbers import count, nbytes  # noqa: E402
+from launch.sweep_state import PointRun, SweepState  # noqa: E402
 from train.model.config import to_model_config  # noqa: E402
-from train.model.inspect import summarize  # noqa: E402
+from train.model.summary import summarize  # noqa: E402
+from train.run_folder import is_finished  # noqa: E402
 
 CACHE_DTYPE = "bf16"
 CACHE_CONTEXTS = (4096, 32768)  # the table's columns
@@ -36,11 +39,6 @@ CURVE_CONTEXTS = tuple(2**k for k in range(8, 18))  # 256 .. 131072 tokens, the 
 PLOTS = ("val_loss_vs_tokens.png", "val_loss_vs_flops.png", "throughput.png", "cache_vs_context.png")
 COLUMNS = ("point", "status", "total params", "active params", "train FLOPs/token", "cache/token @4k",
            "cache/token @32k", "train loss", "val loss", "tokens/s", "peak memory")
-
-
-def finished(run_dir: Path) -> bool:
-    """The trainer's last act is the plain model folder (model.yaml + model.safetensors)."""
-    return (run_dir / "model" / "model.safetensors").is_file()
 
 
 def read_metrics(run_dir: Path) -> List[Dict[str, float]]:
@@ -77,14 +75,13 @@ def training(records: List[Dict[str, float]], tokens_per_step: int) -> Dict[str,
     }
 
 
-def point_row(point: Dict[str, object], sweep_dir: Path) -> Dict[str, object]:
-    run_dir = sweep_dir / point["name"]
-    status = "finished" if finished(run_dir) else point["status"]
+def point_row(point: PointRun, sweep_dir: Path) -> Dict[str, object]:
+    run_dir = sweep_dir / point.name
+    status = "finished" if is_finished(run_dir) else point.status
     config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() \
-        else point.get("config")
-    row = {"point": point["name"], "status": status, "reason": None if status == "finished" else point.get("reason"),
-           "attempts": point.get("attempts", 0), "seconds": point.get("seconds"), "adjustment": point.get("adjustment"),
-           "run_dir": str(run_dir)}
+        else point.config
+    row = {"point": point.name, "status": status, "reason": None if status == "finished" else point.reason,
+           "attempts": point.attempts, "seconds": point.seconds, "adjustment": point.adjustment, "run_dir": str(run_dir)}
     if config is not None:
         row.update(architecture(config))
         tokens_per_step = config["trainer"]["global_batch_size"] * config["data"]["seq_len"]
@@ -93,21 +90,11 @@ def point_row(point: Dict[str, object], sweep_dir: Path) -> Dict[str, object]:
 
 
 def _count(n: Optional[float]) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
+    return "-" if n is None else count(n)
 
 
 def _bytes(n: Optional[float]) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.1f} B"
+    return "-" if n is None else nbytes(n)
 
 
 def _number(n: Optional[float], digits: int) -> str:
@@ -133,16 +120,16 @@ def adjustment_cell(row: Dict[str, object], reference: str) -> str:
             f"({adjustment['value']:,}, {adjustment['error']:+.1%})")
 
 
-def markdown(state: Dict[str, object], rows: List[Dict[str, object]]) -> str:
-    matched = state["match"] != "none"
-    header = list(COLUMNS) + ([f"matched {state['match']}"] if matched else [])
-    lines = [f"# Sweep `{state['name']}`", ""]
-    if state.get("description"):
-        lines += [state["description"], ""]
-    lines += [f"Command: `{state['command']}`", "", f"Budget: {state['budget']}", "",
+def markdown(state: SweepState, rows: List[Dict[str, object]]) -> str:
+    matched = state.match != "none"
+    header = list(COLUMNS) + ([f"matched {state.match}"] if matched else [])
+    lines = [f"# Sweep `{state.name}`", ""]
+    if state.description:
+        lines += [state.description, ""]
+    lines += [f"Command: `{state.command}`", "", f"Budget: {state.budget}", "",
               "| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
     for row in rows:
-        extra = [adjustment_cell(row, state["reference"])] if matched else []
+        extra = [adjustment_cell(row, state.reference)] if matched else []
         lines.append("| " + " | ".join(cells(row) + extra) + " |")
     problems = [row for row in rows if row["status"] != "finished"]
     if problems:
@@ -158,12 +145,6 @@ def markdown(state: Dict[str, object], rows: List[Dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def plot(path: Path, title: str, draw) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
     draw(axes)
@@ -172,7 +153,7 @@ def plot(path: Path, title: str, draw) -> None:
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=8)
     figure.tight_layout()
-    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
 
 
@@ -212,11 +193,11 @@ def plots(sweep_dir: Path, name: str, rows: List[Dict[str, object]]) -> None:
 
 def write_report(sweep_dir: Path) -> Path:
     """Write report.md, report.json and the plots from sweep.json and the run folders; returns report.md."""
-    state = json.loads((sweep_dir / "sweep.json").read_text())
-    rows = [point_row(point, sweep_dir) for point in state["points"]]
-    report = {key: state[key] for key in ("name", "description", "command", "budget", "match")}
+    state = SweepState.load(sweep_dir)
+    rows = [point_row(point, sweep_dir) for point in state.points]
+    report = {key: getattr(state, key) for key in ("name", "description", "command", "budget", "match")}
     report.update(columns=list(COLUMNS), rows=rows)
-    write_atomic(sweep_dir / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
-    write_atomic(sweep_dir / "report.md", lambda tmp: tmp.write_text(markdown(state, rows)))
-    plots(sweep_dir, state["name"], rows)
+    atomic_write(sweep_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write(sweep_dir / "report.md", markdown(state, rows))
+    plots(sweep_dir, state.name, rows)
     return sweep_dir / "report.md"

@@ -26,18 +26,17 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import jinja2
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.compose import compose
 from launch import pipeline
+from train import run_folder
+from train.run_folder import wandb_run_id
+from train.batch_plan import batch_plan
 from train.config import TrainConfig, compose_train_config
-from train.data_loader import check_batch_sizes
-from train.metrics import wandb_run_id
-from train.model.config import CONFIGS_DIR
-from train.trainer import STOP_FILE
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "job.sbatch.j2"
 
@@ -80,8 +79,7 @@ class Job:
 
 
 def compose_cluster(overrides: List[str]) -> ClusterConfig:
-    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base=None):
-        return OmegaConf.to_object(compose(config_name="slurm", overrides=overrides)).cluster
+    return OmegaConf.to_object(compose("slurm", overrides)).cluster
 
 
 def render(title: str, job_name: str, cluster: ClusterConfig, nodes: int, log_dir: Path, *, module: str = "",
@@ -95,7 +93,8 @@ def render(title: str, job_name: str, cluster: ClusterConfig, nodes: int, log_di
     return template.render(
         title=title, job_name=job_name, cluster=cluster, nodes=nodes, log_dir=log_dir, workdir=Path.cwd(),
         torchrun=bool(module), module=module, args=list(args), commands=list(commands),
-        stop_file=run_dir / STOP_FILE if run_dir else "", done_file=run_dir / "model" / "model.safetensors" if run_dir else "",
+        stop_file=run_dir / run_folder.STOP if run_dir else "",
+        done_file=run_folder.finished_marker(run_dir) if run_dir else "",
     )
 
 
@@ -121,7 +120,7 @@ def training_job(cluster: ClusterConfig, overrides: List[str], log_dir: Path, ti
     config = compose_train_config(overrides)
     ranks = cluster.nodes * cluster.nproc_per_node
     try:  # what the workers would refuse at start-up, after waiting in the queue
-        check_batch_sizes(config.trainer.global_batch_size, config.trainer.micro_batch_size, ranks)
+        batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, ranks)
     except ValueError as error:
         raise SystemExit(f"error: {error} (cluster.nodes={cluster.nodes} x cluster.nproc_per_node="
                          f"{cluster.nproc_per_node} = {ranks} ranks)")

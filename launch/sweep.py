@@ -19,34 +19,63 @@ logs to W&B in the group <name> when the base overrides turn W&B on (logging.wan
 adjustment is in the report. A point that fails is tried again `--retries` times (the trainer resumes
 from its checkpoint) and then marked failed in the report with the reason from its log; the sweep goes
 on. A point whose run folder holds the final model is skipped on re-run. sweep.json in the sweep dir
-records the plan and each point's status; the report is launch/report.py's.
+records the plan and each point's status (launch/sweep_state.py); the report is launch/report.py's.
 """
 
 import argparse
-import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from omegaconf import OmegaConf
 
+from common.processes import tee, threads_per_process
 from launch.local import torchrun_command
 from launch.match import match_knob, measure
-from launch.report import architecture, finished, write_atomic, write_report
-from launch.sweep_config import (MATCH_KINDS, Composer, Point, axis_label, expand, load_sweep, split_command_line,
-                                 available_sweeps)
-from train.model.inspect import summarize
+from launch.report import architecture, write_report
+from launch.sweep_config import (MATCH_KINDS, Composer, Point, available_sweeps, axis_label, expand, load_sweep,
+                                 split_command_line)
+from launch.sweep_state import PointRun, SweepState
+from train.model.summary import summarize
+from train.run_folder import is_finished
 
 ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b.*|error: .*)$")
 SIGNAL_LINE = re.compile(r"Signal \d+ \(\w+\) received by PID \d+")  # torchrun's summary of a killed rank
 
 
+@dataclass
+class SweepOptions:
+    """The command line beyond the training overrides."""
+
+    sweep: Optional[str]  # a named sweep (configs/sweep/<name>.yaml)
+    points: Optional[List[str]]  # its points to run, in this order (default all)
+    name: Optional[str]
+    out: Optional[str]
+    nproc: int
+    retries: int
+    match: Optional[str]
+    knob: Optional[str]
+    tolerance: float
+    launcher: str  # local | slurm
+    cluster: Optional[str]
+    nodes: Optional[int]
+    dry_run: bool
+    resubmit: bool
+    report_only: bool
+    list: bool
+
+    def sweep_dir(self, name: str) -> Path:
+        return Path(self.out or Path("outputs") / "sweeps" / name).resolve()
+
+
 def parse_args(argv: Optional[List[str]]):
+    """(SweepOptions, the training overrides and axes)."""
     parser = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=lambda s: s.split(","), help="named points to run, comma-separated (default all)")
@@ -71,116 +100,104 @@ def parse_args(argv: Optional[List[str]]):
     unknown = [item for item in rest if item.startswith("-")]
     if unknown:
         parser.error(f"unknown options {unknown}")
-    args.sweep = None
-    items = []
-    for item in rest:
-        if item.startswith("sweep="):
-            args.sweep = item.removeprefix("sweep=")
-        else:
-            items.append(item)
+    sweep = next((item.removeprefix("sweep=") for item in rest if item.startswith("sweep=")), None)
+    items = [item for item in rest if not item.startswith("sweep=")]
     if args.launcher == "slurm" and not args.cluster and not args.report_only:
         parser.error("--launcher slurm needs --cluster NAME")
-    return args, items
+    options = SweepOptions(sweep, args.points, args.name, args.out, args.nproc, args.retries, args.match, args.knob,
+                           args.tolerance, args.launcher, args.cluster, args.nodes, args.dry_run, args.resubmit,
+                           args.report_only, args.list)
+    return options, items
 
 
-def sweep_dir_of(args, name: str) -> Path:
-    return Path(args.out or Path("outputs") / "sweeps" / name).resolve()
-
-
-def plan(args, items: List[str], command: str) -> Dict[str, object]:
-    """The points, their full overrides, composed configs and (with --match) size adjustments: sweep.json's content."""
-    sweep = load_sweep(args.sweep) if args.sweep else None
+def plan(options: SweepOptions, items: List[str], command: str) -> SweepState:
+    """The points, their full overrides, composed configs and (with --match) size adjustments."""
+    sweep = load_sweep(options.sweep) if options.sweep else None
     cli_base, axes = split_command_line(items)
-    points = expand(sweep, args.points, axes)
-    name = args.name or args.sweep or "-".join(axis_label(key, "") for key, _ in axes) or "sweep"
-    sweep_dir = sweep_dir_of(args, name)
-    match = args.match or (sweep.match if sweep else "none")
+    points = expand(sweep, options.points, axes)
+    name = options.name or options.sweep or "-".join(axis_label(key, "") for key, _ in axes) or "sweep"
+    sweep_dir = options.sweep_dir(name)
+    match = options.match or (sweep.match if sweep else "none")
     base = (sweep.base if sweep else []) + cli_base
 
     def driver(point: str) -> List[str]:  # the sweep's own keys, last
         return [f"out_dir={sweep_dir}", f"run_name={point}", f"logging.wandb.group={name}"]
 
-    entries, configs = [], {}
+    runs, configs = [], {}
     with Composer() as compose:
         for point in points:
-            entry = {"name": point.name, "overrides": base + point.overrides + driver(point.name), "status": "pending",
-                     "reason": None, "attempts": 0, "seconds": 0.0, "adjustment": None, "config": None}
+            run = PointRun(point.name, base + point.overrides + driver(point.name))
             try:
-                configs[point.name] = compose(entry["overrides"])
-                entry["config"] = OmegaConf.to_container(OmegaConf.structured(configs[point.name]))
+                configs[point.name] = compose(run.overrides)
+                run.config = OmegaConf.to_container(OmegaConf.structured(configs[point.name]))
             except ValueError as e:
-                entry.update(status="failed", reason=f"invalid overrides: {e}")
-            entries.append(entry)
+                run.fail(f"invalid overrides: {e}")
+            runs.append(run)
         if match != "none":
-            match_sizes(entries, points, configs, match, args, sweep.multiple_of if sweep else 8, compose, driver)
-    first = next((c for c in configs.values()), None)
+            reference = configs.get(points[0].name)
+            if reference is None:
+                raise SystemExit(f"error: --match {match} compares with the first point, {points[0].name}, which does "
+                                 f"not compose: {runs[0].reason}")
+            target = measure(summarize(reference.model, reference.data.seq_len), match)
+            for run, point in zip(runs[1:], points[1:]):
+                if run.config is not None:
+                    match_size(run, point, configs, match, target, options, sweep.multiple_of if sweep else 8)
+                    if run.status != "failed":  # the matched size, before the sweep's own keys
+                        matched = f"{run.adjustment['key']}={run.adjustment['after']}"
+                        run.overrides = run.overrides[:-len(driver(""))] + [matched] + driver(point.name)
+                        run.config = OmegaConf.to_container(OmegaConf.structured(compose(run.overrides)))
+    first = next(iter(configs.values()), None)
     budget = "unknown (no point composes)" if first is None else (
         f"{first.trainer.max_steps} steps x {first.trainer.global_batch_size} sequences x {first.data.seq_len} tokens = "
         f"{first.trainer.max_steps * first.trainer.global_batch_size * first.data.seq_len:,} tokens per point; "
         f"data {first.data.path}; seed {first.trainer.seed}")
-    return {"name": name, "description": sweep.description if sweep else "", "command": command, "budget": budget,
-            "match": match, "reference": points[0].name, "sweep_dir": str(sweep_dir), "points": entries}
+    return SweepState(name, sweep.description if sweep else "", command, budget, match, points[0].name,
+                      str(sweep_dir), runs)
 
 
-def match_sizes(entries, points: List[Point], configs, match: str, args, multiple_of: int, compose, driver) -> None:
-    """Adjust each point's knob so that its `match` measure equals the first point's (the reference)."""
-    reference = configs.get(points[0].name)
-    if reference is None:
-        raise SystemExit(f"error: --match {match} compares with the first point, {points[0].name}, which does not "
-                         f"compose: {entries[0]['reason']}")
-    target = measure(summarize(reference.model, reference.data.seq_len), match)
-    for entry, point in zip(entries[1:], points[1:]):
-        config, knob = configs.get(point.name), args.knob or point.knob
-        if config is None:  # did not compose: already failed
-            continue
-        if not knob:
-            entry.update(status="failed", reason=f"--match {match} needs a size knob: set knob: in the sweep's YAML "
-                                                 f"(for every point or this one) or pass --knob KEY")
-            continue
-        try:
-            adjustment = match_knob(config.model, knob, match, target, config.data.seq_len, multiple_of)
-        except ValueError as e:
-            entry.update(status="failed", reason=str(e))
-            continue
-        entry["adjustment"] = adjustment.to_dict()
-        if abs(adjustment.error) > args.tolerance:
-            entry.update(status="failed", reason=f"--match {match}: {knob}={adjustment.after} comes closest, "
-                                                 f"{adjustment.value:,} vs {target:,} ({adjustment.error:+.1%}, over "
-                                                 f"--tolerance {args.tolerance:g}); pick another knob")
-            continue
-        entry["overrides"] = entry["overrides"][:-len(driver(""))] + [f"{knob}={adjustment.after}"] + driver(point.name)
-        configs[point.name] = compose(entry["overrides"])
-        entry["config"] = OmegaConf.to_container(OmegaConf.structured(configs[point.name]))
+def match_size(run: PointRun, point: Point, configs, match: str, target: int, options: SweepOptions,
+               multiple_of: int) -> None:
+    """Find the point's knob value whose `match` measure equals the reference's `target` (or fail the point)."""
+    config, knob = configs[point.name], options.knob or point.knob
+    if not knob:
+        run.fail(f"--match {match} needs a size knob: set knob: in the sweep's YAML (for every point or this one) "
+                 f"or pass --knob KEY")
+        return
+    try:
+        adjustment = match_knob(config.model, knob, match, target, config.data.seq_len, multiple_of)
+    except ValueError as e:
+        run.fail(str(e))
+        return
+    run.adjustment = adjustment.to_dict()
+    if abs(adjustment.error) > options.tolerance:
+        run.fail(f"--match {match}: {knob}={adjustment.after} comes closest, {adjustment.value:,} vs {target:,} "
+                 f"({adjustment.error:+.1%}, over --tolerance {options.tolerance:g}); pick another knob")
 
 
-def reconcile(state: Dict[str, object], sweep_dir: Path) -> None:
+def reconcile(state: SweepState) -> None:
     """Merge with an earlier sweep.json: its other points stay in the report. The budget must be the same,
     and a finished point must have been run with the same overrides, or the report would compare apples
     and oranges."""
-    path = sweep_dir / "sweep.json"
-    if not path.is_file():
+    sweep_dir = Path(state.sweep_dir)
+    if not (sweep_dir / "sweep.json").is_file():
         return
-    earlier_state = json.loads(path.read_text())
-    if earlier_state["budget"] != state["budget"]:
-        raise SystemExit(f"error: {sweep_dir} holds a sweep with another budget ({earlier_state['budget']}; now: "
-                         f"{state['budget']}); its points would not compare: use another --out")
-    earlier = {p["name"]: p for p in earlier_state["points"]}
-    planned = {p["name"] for p in state["points"]}
-    for entry in state["points"]:
-        before = earlier.get(entry["name"])
+    earlier_state = SweepState.load(sweep_dir)
+    if earlier_state.budget != state.budget:
+        raise SystemExit(f"error: {sweep_dir} holds a sweep with another budget ({earlier_state.budget}; now: "
+                         f"{state.budget}); its points would not compare: use another --out")
+    earlier = {p.name: p for p in earlier_state.points}
+    planned = {p.name for p in state.points}
+    for run in state.points:
+        before = earlier.get(run.name)
         if before is None:
             continue
-        if finished(sweep_dir / entry["name"]) and before["overrides"] != entry["overrides"]:
-            changed = sorted(set(before["overrides"]) ^ set(entry["overrides"]))
-            raise SystemExit(f"error: point {entry['name']} in {sweep_dir} finished with other overrides (differing: "
+        if is_finished(sweep_dir / run.name) and before.overrides != run.overrides:
+            changed = sorted(set(before.overrides) ^ set(run.overrides))
+            raise SystemExit(f"error: point {run.name} in {sweep_dir} finished with other overrides (differing: "
                              f"{changed}); re-run with the same arguments, or use another --out")
-        if before["status"] == "submitted" and entry["status"] == "pending":
-            entry["status"] = "submitted"
-    state["points"] = [p for p in earlier.values() if p["name"] not in planned] + state["points"]
-
-
-def save(state: Dict[str, object], sweep_dir: Path) -> None:
-    write_atomic(sweep_dir / "sweep.json", lambda tmp: tmp.write_text(json.dumps(state, indent=1) + "\n"))
+        if before.status == "submitted" and run.status == "pending":
+            run.status = "submitted"
+    state.points = [p for p in earlier.values() if p.name not in planned] + state.points
 
 
 def failure_reason(output: str, returncode: int) -> str:
@@ -198,146 +215,132 @@ def failure_reason(output: str, returncode: int) -> str:
     return f"exit status {returncode}; last line: {lines[-1] if lines else 'no output'}"
 
 
-def stream(command: List[str], log: Path, label: str, env: Dict[str, str]):
-    """Run `command`, copying its output to the console (prefixed) and to `log`; (exit status, output)."""
-    lines = []
-    with open(log, "a") as f, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                               env=env) as process:
-        f.write(f"$ {shlex.join(command)}\n")
-        for line in process.stdout:
-            print(f"[{label}] {line}", end="", flush=True)
-            f.write(line)
-            lines.append(line)
-    return process.returncode, "".join(lines)
-
-
-def run_local(entry: Dict[str, object], sweep_dir: Path, nproc: int, retries: int) -> None:
-    log = sweep_dir / "logs" / f"{entry['name']}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # as launch.local
-    env = dict(os.environ, OMP_NUM_THREADS=threads)
+def run_local(run: PointRun, sweep_dir: Path, nproc: int, retries: int) -> None:
+    log = sweep_dir / "logs" / f"{run.name}.log"
+    env = dict(os.environ, OMP_NUM_THREADS=threads_per_process(nproc))
     started = time.time()
     for attempt in range(1, retries + 2):
-        entry["attempts"] = attempt
-        returncode, output = stream(torchrun_command(nproc, 0, "train", entry["overrides"]), log, entry["name"], env)
-        if finished(sweep_dir / entry["name"]):
-            entry.update(status="finished", reason=None)
+        run.attempts = attempt
+        returncode, output = tee(torchrun_command(nproc, 0, "train", run.overrides), log, f"[{run.name}] ", env)
+        if is_finished(sweep_dir / run.name):
+            run.succeed()
             break
-        entry.update(status="failed", reason=failure_reason(output, returncode))
+        run.fail(failure_reason(output, returncode))
         retry = "; trying again (it resumes from its last checkpoint)" if attempt <= retries else ""
-        print(f"== {entry['name']}: attempt {attempt} failed: {entry['reason']}{retry}", flush=True)
-    entry["seconds"] = round(time.time() - started, 1)
+        print(f"== {run.name}: attempt {attempt} failed: {run.reason}{retry}", flush=True)
+    run.seconds = round(time.time() - started, 1)
 
 
-def slurm_command(entry: Dict[str, object], cluster: str, nodes: Optional[int], dry_run: bool, log_dir: Path) -> List[str]:
+def slurm_command(run: PointRun, options: SweepOptions, log_dir: Path) -> List[str]:
     """launch.slurm for one point; its batch and per-node logs go to the sweep folder's slurm/."""
-    return [sys.executable, "-m", "launch.slurm", *entry["overrides"], f"cluster={cluster}", f"cluster.log_dir={log_dir}",
-            *([f"cluster.nodes={nodes}"] if nodes else []), *(["--dry-run"] if dry_run else [])]
+    return [sys.executable, "-m", "launch.slurm", *run.overrides, f"cluster={options.cluster}",
+            f"cluster.log_dir={log_dir}", *([f"cluster.nodes={options.nodes}"] if options.nodes else []),
+            *(["--dry-run"] if options.dry_run else [])]
 
 
-def submit(entry: Dict[str, object], args, sweep_dir: Path) -> None:
-    command = slurm_command(entry, args.cluster, args.nodes, args.dry_run, sweep_dir / "slurm")
+def submit(run: PointRun, options: SweepOptions, sweep_dir: Path) -> None:
+    command = slurm_command(run, options, sweep_dir / "slurm")
     result = subprocess.run(command, capture_output=True, text=True)
-    print(f"== {entry['name']}: {shlex.join(command)}\n{result.stdout}", end="" if result.stdout.endswith("\n") else "\n",
+    print(f"== {run.name}: {shlex.join(command)}\n{result.stdout}", end="" if result.stdout.endswith("\n") else "\n",
           flush=True)
     if result.returncode != 0:
-        entry.update(status="failed", reason=failure_reason(result.stdout + result.stderr, result.returncode))
-        print(f"== {entry['name']}: submission failed: {entry['reason']}", flush=True)
-    elif not args.dry_run:
-        entry.update(status="submitted", reason=None, attempts=entry["attempts"] + 1)
+        run.fail(failure_reason(result.stdout + result.stderr, result.returncode))
+        print(f"== {run.name}: submission failed: {run.reason}", flush=True)
+    elif not options.dry_run:
+        run.status, run.reason, run.attempts = "submitted", None, run.attempts + 1
 
 
-def print_plan(state: Dict[str, object], nproc: int) -> None:
+def print_plan(state: SweepState, nproc: int) -> None:
     """What a local run would do: each point's command and inspector numbers, or why it cannot run."""
-    for entry in state["points"]:
-        print(f"== {entry['name']}")
-        if entry["config"] is not None:
-            numbers = architecture(entry["config"])
+    for run in state.points:
+        print(f"== {run.name}")
+        if run.config is not None:
+            numbers = architecture(run.config)
             print(f"   {numbers['total_params']:,} params, {numbers['active_params']:,} active, "
                   f"{numbers['train_flops_per_token']:,} training FLOPs/token, "
                   f"{numbers['cache_bytes_per_token_32k']:,.1f} cache bytes/token at 32k")
-        if entry["adjustment"]:
-            adjustment = entry["adjustment"]
-            print(f"   matched {adjustment['measure']}: {adjustment['key']} {adjustment['before']} -> "
-                  f"{adjustment['after']} ({adjustment['value']:,} vs {adjustment['target']:,}, {adjustment['error']:+.1%})")
-        if entry["status"] == "failed":
-            print(f"   cannot run: {entry['reason']}")
+        if run.adjustment:
+            a = run.adjustment
+            print(f"   matched {a['measure']}: {a['key']} {a['before']} -> {a['after']} ({a['value']:,} vs "
+                  f"{a['target']:,}, {a['error']:+.1%})")
+        if run.status == "failed":
+            print(f"   cannot run: {run.reason}")
         else:
-            print(f"   $ {shlex.join(torchrun_command(nproc, 0, 'train', entry['overrides']))}")
+            print(f"   $ {shlex.join(torchrun_command(nproc, 0, 'train', run.overrides))}")
 
 
-def skip(entry: Dict[str, object], sweep_dir: Path) -> bool:
+def skip(run: PointRun, sweep_dir: Path) -> bool:
     """Points with nothing to do: finished earlier, or unable to run (their reason is in the report)."""
-    if finished(sweep_dir / entry["name"]):
-        entry.update(status="finished", reason=None)
-        print(f"== {entry['name']}: finished earlier, skipped ({sweep_dir / entry['name']})", flush=True)
+    if is_finished(sweep_dir / run.name):
+        run.succeed()
+        print(f"== {run.name}: finished earlier, skipped ({sweep_dir / run.name})", flush=True)
         return True
-    if entry["status"] == "failed" and entry["attempts"] == 0:
-        print(f"== {entry['name']}: not run: {entry['reason']}", flush=True)
+    if run.status == "failed" and run.attempts == 0:
+        print(f"== {run.name}: not run: {run.reason}", flush=True)
         return True
     return False
 
 
-def run_sweep(state: Dict[str, object], planned: List[Dict[str, object]], sweep_dir: Path, args) -> int:
-    started = time.time()
-    for entry in planned:
-        if not skip(entry, sweep_dir):
-            print(f"== {entry['name']}: training ({args.nproc} processes, log {sweep_dir / 'logs' / entry['name']}.log)",
+def run_sweep(state: SweepState, planned: List[PointRun], options: SweepOptions) -> int:
+    sweep_dir, started = Path(state.sweep_dir), time.time()
+    for run in planned:
+        if not skip(run, sweep_dir):
+            print(f"== {run.name}: training ({options.nproc} processes, log {sweep_dir / 'logs' / run.name}.log)",
                   flush=True)
-            run_local(entry, sweep_dir, args.nproc, args.retries)
-        save(state, sweep_dir)
+            run_local(run, sweep_dir, options.nproc, options.retries)
+        state.save()
     report = write_report(sweep_dir)
     print(f"\n{report.read_text()}\nsweep: {(time.time() - started) / 60:.1f} min; report {report}", flush=True)
-    return 0 if all(p["status"] == "finished" for p in planned) else 1
+    return 0 if all(p.status == "finished" for p in planned) else 1
 
 
-def submit_sweep(state: Dict[str, object], planned: List[Dict[str, object]], sweep_dir: Path, args) -> int:
-    for entry in planned:
-        if skip(entry, sweep_dir):
+def submit_sweep(state: SweepState, planned: List[PointRun], options: SweepOptions) -> int:
+    sweep_dir = Path(state.sweep_dir)
+    for run in planned:
+        if skip(run, sweep_dir):
             continue
-        if entry["status"] == "submitted" and not args.resubmit:
-            print(f"== {entry['name']}: submitted earlier (--resubmit submits it again)", flush=True)
+        if run.status == "submitted" and not options.resubmit:
+            print(f"== {run.name}: submitted earlier (--resubmit submits it again)", flush=True)
             continue
-        submit(entry, args, sweep_dir)
-        if not args.dry_run:
-            save(state, sweep_dir)
-    if not args.dry_run:
-        print(f"when the jobs have finished: {state['command']} --report-only", flush=True)
-    return 0 if all(p["status"] != "failed" for p in planned) else 1
+        submit(run, options, sweep_dir)
+        if not options.dry_run:
+            state.save()
+    if not options.dry_run:
+        print(f"when the jobs have finished: {state.command} --report-only", flush=True)
+    return 0 if all(p.status != "failed" for p in planned) else 1
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, items = parse_args(argv)
-    if args.list:
+    options, items = parse_args(argv)
+    if options.list:
         for name in available_sweeps():
             sweep = load_sweep(name)
-            names = ", ".join(p.name for p in sweep.points)
-            print(f"{name:<12} {len(sweep.points)} points ({names}): {sweep.description}")
+            print(f"{name:<12} {len(sweep.points)} points ({', '.join(p.name for p in sweep.points)}): {sweep.description}")
         return 0
-    if args.report_only:
-        if not (args.out or args.name or args.sweep):
+    if options.report_only:
+        if not (options.out or options.name or options.sweep):
             raise SystemExit("error: --report-only needs the sweep: sweep=<name>, --name or --out")
-        sweep_dir = sweep_dir_of(args, args.name or args.sweep)
+        sweep_dir = options.sweep_dir(options.name or options.sweep)
         if not (sweep_dir / "sweep.json").is_file():
             raise SystemExit(f"error: {sweep_dir} has no sweep.json; run the sweep first (without --report-only)")
         print(write_report(sweep_dir).read_text())
         return 0
     try:
-        state = plan(args, items, shlex.join(["python", "-m", "launch.sweep", *argv]))
+        state = plan(options, items, shlex.join(["python", "-m", "launch.sweep", *argv]))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    if args.dry_run and args.launcher == "local":
-        print_plan(state, args.nproc)
+    if options.dry_run and options.launcher == "local":
+        print_plan(state, options.nproc)
         return 0
-    sweep_dir, planned = Path(state["sweep_dir"]), list(state["points"])
-    if not args.dry_run:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        reconcile(state, sweep_dir)
-        save(state, sweep_dir)
-    if args.launcher == "slurm":
-        return submit_sweep(state, planned, sweep_dir, args)
-    return run_sweep(state, planned, sweep_dir, args)
+    planned = list(state.points)
+    if not options.dry_run:
+        Path(state.sweep_dir).mkdir(parents=True, exist_ok=True)
+        reconcile(state)
+        state.save()
+    if options.launcher == "slurm":
+        return submit_sweep(state, planned, options)
+    return run_sweep(state, planned, options)
 
 
 if __name__ == "__main__":

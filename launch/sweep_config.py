@@ -25,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from train.config import TrainConfig, compose_train_config
-from train.model.config import CONFIGS_DIR
+from common.paths import CONFIGS_DIR
 
 SWEEPS_DIR = CONFIGS_DIR / "sweep"
 MATCH_KINDS = ("none", "params", "active", "nonembedding", "flops")

@@ -1,18 +1,15 @@
 """`python -m train stage=pretrain model=<preset> data.path=<prepared dir> [overrides]`, also under torchrun."""
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from common.paths import CONFIGS_DIR
 from train.config import TrainConfig
-from train.distributed import close_world, exit_world
+from train.parallel.world import close_world, exit_world
 from train.trainer import Trainer
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
-
-@hydra.main(config_path=CONFIGS, config_name="train", version_base=None)
+@hydra.main(config_path=str(CONFIGS_DIR), config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
     config: TrainConfig = OmegaConf.to_object(cfg)
     trainer = Trainer(config)

@@ -1,26 +1,28 @@
-"""Distributed checkpoints with torch.distributed.checkpoint (DCP): sharded, resharding on load, async.
+"""Step checkpoints with torch.distributed.checkpoint (DCP): sharded, resharding on load, async.
 
-A checkpoint is `run_dir/checkpoints/step_NNNNNNNN/`:
-- DCP files of the model and optimizer (each rank writes its shards; a different number of ranks can
-  load them), and `.metadata`, which DCP writes last, through a temporary name and a rename, once
+A checkpoint is `run_dir/checkpoints/step_NNNNNNNN/` and holds named states:
+- the sharded ones, "model" and "optim" (DCP files: each rank writes its shards, and any number of ranks
+  can load them), and `.metadata`, which DCP writes last, through a temporary name and a rename, once
   every rank has finished: a checkpoint is complete exactly when `.metadata` exists;
-- `trainer.json`: step, tokens seen, samples consumed, scheduler state, W&B run id;
+- the replicated ones in `trainer.json` (rank 0): trainer progress, the data stream's position, the
+  learning-rate schedule, and the world size it was saved with;
 - `rng/rank_N.pt`: each rank's random-number-generator states.
 A save cut off midway has no `.metadata` and is ignored (and removed at the next start); the latest
-complete one is resumed. Async saves run on their own gloo process group, so their collectives never
-interleave with training's.
+complete one is resumed. Saves run on their own gloo process group (ParallelDims.checkpoint_group), so
+async saves' collectives never interleave with training's.
 
 Expert parallelism (parallel.ep > 1): the ranks of an ep group hold different experts under the same
 names, each [E/ep, ...]. DCP would take them for shards of one tensor, so the saved state sees each
 expert parameter (and its AdamW moments) as the DTensor of ALL E experts over the (ep, edp) mesh
-(train/expert_parallel.global_experts, a view: loading into it loads the parameter). The files are
-then the same as without EP: same keys, same global shapes, and DCP reshards on load, so a checkpoint
-resumes with the same or a different parallel.ep and world size (ep=1 included, both ways).
+(train/parallel/expert.py: expert_views, no copy: loading into the view loads the parameter). The files
+are then the same as without EP: same keys, same global shapes, and DCP reshards on load, so a
+checkpoint resumes with the same or a different parallel.ep and world size (ep=1 included, both ways).
 """
 
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -28,18 +30,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
-from torch.distributed.tensor import DTensor
+from torch.distributed.checkpoint.stateful import Stateful
 
 from train.config import CheckpointConfig
-from train.expert_parallel import global_experts
+from train.parallel.dims import ParallelDims
+from train.parallel.expert import expert_views
+from train.run_folder import CHECKPOINTS
 
 MODES = {"sync": None, "async": AsyncCheckpointerType.THREAD, "async_process": AsyncCheckpointerType.PROCESS}
+REPLICATED_FILE = "trainer.json"
 
 
 def is_complete(path: Path) -> bool:
-    return (path / ".metadata").is_file() and (path / "trainer.json").is_file()
+    return (path / ".metadata").is_file() and (path / REPLICATED_FILE).is_file()
 
 
 def step_dirs(root: Path):
@@ -51,27 +57,65 @@ def latest_complete(root: Path) -> Optional[Path]:
     return complete[-1] if complete else None
 
 
-def rng_state() -> Dict[str, object]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class ModelState(Stateful):
+    """The sharded model (FSDP2 DTensors), experts seen whole under expert parallelism."""
+
+    def __init__(self, model: torch.nn.Module, dims: ParallelDims):
+        self.model, self.dims, self.loaded = model, dims, None
+
+    def state_dict(self):
+        self.loaded = get_model_state_dict(self.model)  # DCP loads into these tensors (or their expert views)
+        return expert_views(self.loaded, self.dims) if self.dims.ep > 1 else self.loaded
+
+    def load_state_dict(self, state) -> None:
+        set_model_state_dict(self.model, self.loaded)
 
 
-def set_rng_state(state: Dict[str, object]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class OptimizerState(Stateful):
+    """The optimizer's sharded state (AdamW moments per parameter), expert moments seen whole under EP."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dims: ParallelDims):
+        self.model, self.optimizer, self.dims, self.loaded = model, optimizer, dims, None
+
+    def state_dict(self):
+        self.loaded = get_optimizer_state_dict(self.model, self.optimizer)
+        if self.dims.ep == 1:
+            return self.loaded
+        return {**self.loaded, "state": {k: expert_views(v, self.dims) if isinstance(v, dict) else v
+                                         for k, v in self.loaded["state"].items()}}
+
+    def load_state_dict(self, state) -> None:
+        set_optimizer_state_dict(self.model, self.optimizer, self.loaded)
+
+
+class RNGState(Stateful):
+    """This rank's random-number generators (Python, NumPy, torch, CUDA)."""
+
+    def state_dict(self):
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Checkpointer:
-    def __init__(self, run_dir: Path, config: CheckpointConfig, rank: int):
+    """Saves and loads the named states of a run: `sharded` through DCP, `replicated` (identical on every
+    rank) as JSON by rank 0, and each rank's RNG."""
+
+    def __init__(self, run_dir: Path, config: CheckpointConfig, rank: int, dims: ParallelDims,
+                 sharded: Dict[str, Stateful], replicated: Dict[str, Stateful]):
         if config.mode not in MODES:
             raise ValueError(f"checkpoint.mode={config.mode!r}; use one of {', '.join(MODES)}")
-        self.root, self.config, self.rank = run_dir / "checkpoints", config, rank
-        self.group = dist.new_group(backend="gloo")  # for DCP's own collectives (async ones run in the background)
+        self.root, self.config, self.rank, self.world_size = run_dir / CHECKPOINTS, config, rank, dims.world_size
+        self.group = dims.checkpoint_group
+        self.sharded, self.replicated, self.rng = sharded, replicated, RNGState()
         self.pending = None  # the Future of the last async save
         self.last_saved_step: Optional[int] = None
         self.blocked_seconds: list = []  # how long each save() held training, for the benchmark
@@ -84,42 +128,24 @@ class Checkpointer:
                     shutil.rmtree(path, ignore_errors=True)
         dist.barrier(group=self.group)
 
-    def state(self, model, optimizer) -> Dict[str, object]:
-        model_state, optim_state = get_state_dict(model, optimizer)
-        return {"model": model_state, "optim": optim_state}
-
-    @staticmethod
-    def saved_view(state: Dict[str, object], model) -> Dict[str, object]:
-        """What DCP reads and writes: `state`, with the expert tensors of expert parallelism as views
-        of all experts (the module docstring); `state` itself without EP."""
-        ep = getattr(model, "expert_parallel", None)
-        if ep is None:
-            return state
-        names = set(ep.expert_parameter_names)
-        model_state = {k: global_experts(v, ep) if k in names else v for k, v in state["model"].items()}
-        optim = dict(state["optim"])
-        optim["state"] = {k: ({n: global_experts(t, ep) if isinstance(t, DTensor) else t for n, t in v.items()}
-                              if k in names else v) for k, v in optim["state"].items()}
-        return {**state, "model": model_state, "optim": optim}
-
-    def save(self, step: int, model, optimizer, trainer_state: Dict[str, object]) -> None:
-        import time
-
+    def save(self, step: int) -> None:
+        if self.last_saved_step == step:
+            return
         started = time.perf_counter()
         self.wait()
         path = self.root / f"step_{step:08d}"
         if self.rank == 0:
             (path / "rng").mkdir(parents=True, exist_ok=True)
-            (path / "trainer.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+            replicated = {name: state.state_dict() for name, state in self.replicated.items()}
+            (path / REPLICATED_FILE).write_text(json.dumps({**replicated, "world_size": self.world_size}, indent=2) + "\n")
         dist.barrier(group=self.group)
-        torch.save(rng_state(), path / "rng" / f"rank_{self.rank}.pt")
-        state = self.saved_view(self.state(model, optimizer), model)
+        torch.save(self.rng.state_dict(), path / "rng" / f"rank_{self.rank}.pt")
         kind = MODES[self.config.mode]
         if kind is None:
-            dcp.save(state, checkpoint_id=str(path), process_group=self.group)
+            dcp.save(self.sharded, checkpoint_id=str(path), process_group=self.group)
             self.prune()
         else:
-            self.pending = dcp.async_save(state, checkpoint_id=str(path), process_group=self.group,
+            self.pending = dcp.async_save(self.sharded, checkpoint_id=str(path), process_group=self.group,
                                           async_checkpointer_type=kind)
         self.last_saved_step = step
         self.blocked_seconds.append(time.perf_counter() - started)
@@ -138,16 +164,21 @@ class Checkpointer:
             for old in complete[: -max(1, self.config.keep)]:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, path: Path, model, optimizer) -> Dict[str, object]:
-        """Load model and optimizer (resharded to this world) in place; returns the trainer state."""
-        state = self.state(model, optimizer)
-        dcp.load(self.saved_view(state, model), checkpoint_id=str(path), process_group=self.group)  # into `state`
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    def resume(self) -> Optional[Path]:
+        """Load the latest complete checkpoint into the states (resharded to this world); its path, or None."""
+        self.remove_incomplete()
+        path = latest_complete(self.root) if self.config.resume else None
+        if path is None:
+            return None
+        dcp.load(self.sharded, checkpoint_id=str(path), process_group=self.group)
+        replicated = json.loads((path / REPLICATED_FILE).read_text())
+        for name, state in self.replicated.items():
+            state.load_state_dict(replicated[name])
         rng_file = path / "rng" / f"rank_{self.rank}.pt"
         if rng_file.is_file():  # absent when resuming on more ranks than saved
-            set_rng_state(torch.load(rng_file, weights_only=False))
-        return json.loads((path / "trainer.json").read_text())
+            self.rng.load_state_dict(torch.load(rng_file, weights_only=False))
+        self.last_saved_step = int(path.name.split("_")[1])
+        return path
 
     def close(self) -> None:
         self.wait()
-        dist.destroy_process_group(self.group)

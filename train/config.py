@@ -6,13 +6,16 @@ from configs/stage/. Every run writes to `out_dir/run_name` (never a timestamp),
 restarts share: config.yaml, metrics.jsonl, checkpoints/, wandb/.
 """
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
-from data.conversations import ChatSource
+from common.compose import compose
+from data.chat.rows import ChatSource
 from train.model.config import ModelConfig
 
 
@@ -28,8 +31,8 @@ class DataConfig:
     chat: ChatSource = field(default_factory=ChatSource)
     pack: bool = True  # SFT: pack conversations into windows (with document masking), else one per window
     chat_val_fraction: float = 0.05  # conversations / pairs held out, spread evenly
-    # DPO: pad a batch's length up to a multiple of this (at most seq_len). Few distinct shapes keep memory
-    # flat: CPU bf16 kernels cache per shape (150 DPO steps grew the peak RSS from 0.6 to 1.5 GB unpadded).
+    # DPO: pad a batch's length up to a multiple of this (at most seq_len): few distinct shapes keep memory
+    # flat (kernels cache per shape; docs/notes.md, "Padding DPO batches")
     pad_to_multiple_of: int = 64
 
 
@@ -58,8 +61,8 @@ class DPOConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 200
-    global_batch_size: int = 16  # sequences per optimizer step, over all ranks
-    micro_batch_size: int = 8  # sequences per rank per forward; accumulation = global / (micro * dp ranks)
+    global_batch_size: int = 16  # sequences per optimizer step, over all ranks; must divide over the dp ranks
+    micro_batch_size: int = 8  # the most sequences a rank runs per forward (the largest divisor of its share <= this)
     seed: int = 0  # weight initialisation
     loss_chunk_tokens: int = 4096  # cross-entropy chunk: the full [tokens, vocab] logits never exist at once
     val_every: int = 50  # steps; 0: only at the end
@@ -92,10 +95,18 @@ class CheckpointConfig:
     keep: int = 2  # complete checkpoints kept
     mode: str = "async"  # sync | async (thread) | async_process (a saver process)
     resume: bool = True  # resume from the latest complete checkpoint in the run folder
-    init_from: Optional[str] = None  # initial weights: a model folder of this project (a stage's model/) or Hugging Face
-    # With init_from, the model's config is the folder's; these dotted keys then change it, e.g. YaRN for
+    init_from: Optional[str] = None  # deprecated spelling of init.weights
+    init_overrides: Dict[str, Any] = field(default_factory=dict)  # deprecated spelling of init.overrides
+
+
+@dataclass
+class InitConfig:
+    """Where the initial weights come from (a stage after pre-training starts from the previous stage's model)."""
+
+    weights: Optional[str] = None  # a model folder: a stage's model/ (model.yaml + model.safetensors) or Hugging Face
+    # With weights, the model's config is the folder's; these dotted keys then change it, e.g. YaRN for
     # mid-training: {position.kind: yarn, position.yarn.factor: 4, position.yarn.original_context: 256}
-    init_overrides: Dict[str, Any] = field(default_factory=dict)
+    overrides: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,8 +135,19 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+
+    def __post_init__(self) -> None:
+        """The spellings of the last release keep working for one more, with a message."""
+        old = self.checkpoint
+        if old.init_from is not None or old.init_overrides:
+            warnings.warn("checkpoint.init_from and checkpoint.init_overrides are now init.weights and init.overrides; "
+                          "the old keys will be removed in the next release", FutureWarning, stacklevel=2)
+            self.init.weights = self.init.weights or old.init_from
+            self.init.overrides = {**old.init_overrides, **self.init.overrides}
+            old.init_from, old.init_overrides = None, {}
 
     @property
     def run_dir(self) -> Path:
@@ -135,16 +157,21 @@ class TrainConfig:
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
+@dataclass
+class ModelFolderArgs:
+    """The `model_dir=` argument of the commands that read a model folder (talk, passkey, export)."""
+
+    model_dir: Optional[str] = None  # a model folder: a stage's model/ or a Hugging Face folder
+    checkpoint: Optional[str] = None  # deprecated spelling of model_dir
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is not None:
+            warnings.warn("checkpoint= is now model_dir=; the old key will be removed in the next release",
+                          FutureWarning, stacklevel=2)
+            self.model_dir, self.checkpoint = self.model_dir or self.checkpoint, None
+
+
 def compose_train_config(overrides: List[str]) -> TrainConfig:
     """The TrainConfig that `python -m train <overrides>` would run with, composed without running it:
     what launchers use to check overrides before submitting (a typo fails here, not in a queued job)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from train.model.config import CONFIGS_DIR
-
-    if GlobalHydra.instance().is_initialized():  # inside a caller's Hydra context (configs/ on its search path)
-        return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
-    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base=None):
-        return OmegaConf.to_object(compose(config_name="train", overrides=list(overrides)))
+    return OmegaConf.to_object(compose("train", overrides))

@@ -8,36 +8,34 @@ of ranks continues with the next unseen sample: nothing is seen twice, nothing s
 
 A sample is a window of prepared token shards (pre-training, mid-training), a window of packed
 conversations with assistant-only labels (SFT), or a preference pair (DPO); each becomes a batch
-dict {"inputs", "targets", "doc_ids"?, "index"} of tensors.
+dict {"inputs", "targets", "doc_ids"?, "index"} of tensors. Which one a stage reads is train/stages.py's.
+
+The per-rank stream is a torchdata.nodes graph: this rank's sample indices -> the samples (in
+`data.num_workers` worker processes, in order) -> micro-batches -> collate -> pinned memory (CUDA)
+-> prefetch. Its state is the DataStream's `samples_consumed`; the graph is rebuilt from it on resume.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Dataset, Sampler
+import torchdata.nodes as nodes
+from torch.utils.data import Dataset
 
-from data.conversations import load_sft
-from data.preferences import collate_pairs, load_pairs
+from data.chat.preferences import collate_pairs
 from data.reader import EpochOrder, TokenWindows
-from train.config import DataConfig
 
 
-class GlobalBatchSampler(Sampler):
-    """This rank's sample indices, step after step, starting after `consumed` global samples."""
-
-    def __init__(self, consumed: int, global_batch: int, rank: int, ranks: int):
-        self.consumed, self.global_batch, self.rank, self.per_rank = consumed, global_batch, rank, global_batch // ranks
-
-    def __iter__(self) -> Iterator[int]:
-        start = self.consumed
-        while True:
-            first = start + self.rank * self.per_rank
-            yield from range(first, first + self.per_rank)
-            start += self.global_batch
+def rank_indices(consumed: int, global_batch: int, rank: int, ranks: int) -> Iterator[int]:
+    """This rank's global sample indices, step after step, starting after `consumed` global samples."""
+    per_rank, start = global_batch // ranks, consumed
+    while True:
+        first = start + rank * per_rank
+        yield from range(first, first + per_rank)
+        start += global_batch
 
 
 class Indexed(Dataset):
@@ -100,45 +98,46 @@ class StageData:
     report: str  # what was read and what was skipped, for the console
 
 
-def stage_data(stage: str, config: DataConfig, tokenizer_folder: Path) -> StageData:
-    if stage in ("pretrain", "midtrain"):
-        train = Windows(TokenWindows(config.path, "train", config.seq_len, seed=config.seed, shuffle=True))
-        val = Windows(TokenWindows(config.path, config.val_split, config.seq_len, shuffle=False))
-        return StageData(train, [val[i] for i in range(len(val))], collate_windows,
-                         f"{len(train):,} windows of {config.seq_len} tokens from {config.path}")
-    tokenizer = Tokenizer.from_file(str(tokenizer_folder / "tokenizer.json"))
-    pad_id = tokenizer.token_to_id("<|pad|>") or 0
-    if stage == "sft":
-        sft = load_sft(config.chat, tokenizer, config.seq_len, pad_id, config.pack, config.chat_val_fraction)
-        report = f"{sft.conversations:,} conversations in {len(sft.train):,} windows (+{len(sft.val)} held out)"
-        train, val, collate, skipped = sft_items(sft.train), sft_items(sft.val), collate_windows, sft.skipped
-    elif stage == "dpo":
-        train, val, skipped = load_pairs(config.chat, tokenizer, config.seq_len, config.chat_val_fraction)
-        report = f"{len(train):,} preference pairs (+{len(val)} held out)"
-        collate = collate_preferences(pad_id, config.pad_to_multiple_of, config.seq_len)
-    else:
-        raise ValueError(f"stage={stage!r} is unknown; use pretrain, midtrain, sft or dpo")
-    dropped = sum(n for reason, n in skipped.counts.items() if not reason.endswith("(kept)"))
-    if skipped.counts:  # the counts by reason; "(kept)" ones (e.g. truncated) were used, not dropped
-        report += f"; skipped {dropped}: {skipped.report()}"
-    return StageData(Indexed(train, config.seed), [(item, i) for i, item in enumerate(val)], collate, report)
+class DataStream:
+    """The training batches of this rank, resumable: its state is the global number of samples consumed."""
 
+    def __init__(self, data: StageData, global_batch: int, micro_batch: int, workers: int, rank: int, ranks: int,
+                 device: torch.device, document_masking: bool, record: Optional[Path] = None):
+        self.data, self.global_batch, self.micro_batch, self.workers = data, global_batch, micro_batch, workers
+        self.rank, self.ranks, self.device, self.document_masking = rank, ranks, device, document_masking
+        self.record = record  # trainer.record_samples: append each step's sample indices to this file
+        self.samples_consumed = 0
+        self.loader = None
 
-def check_batch_sizes(global_batch: int, micro_batch: int, ranks: int) -> int:
-    """Gradient-accumulation steps for this world size; the global batch is fixed across resumes."""
-    if global_batch % (micro_batch * ranks):
-        raise ValueError(
-            f"trainer.global_batch_size={global_batch} is not a multiple of trainer.micro_batch_size={micro_batch} "
-            f"x {ranks} data-parallel ranks; change one of them"
-        )
-    return global_batch // (micro_batch * ranks)
+    def state_dict(self) -> Dict[str, int]:
+        return {"samples_consumed": self.samples_consumed}
 
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.samples_consumed, self.loader = state["samples_consumed"], None
 
-def train_loader(data: StageData, workers: int, consumed: int, global_batch: int, micro_batch: int, rank: int,
-                 ranks: int) -> DataLoader:
-    sampler = GlobalBatchSampler(consumed, global_batch, rank, ranks)
-    return DataLoader(data.train, batch_size=micro_batch, sampler=sampler, num_workers=workers,
-                      collate_fn=data.collate, persistent_workers=workers > 0)
+    def build(self) -> nodes.Loader:
+        indices = nodes.IterableWrapper(rank_indices(self.samples_consumed, self.global_batch, self.rank, self.ranks))
+        if self.workers:
+            samples = nodes.ParallelMapper(indices, self.data.train.__getitem__, num_workers=self.workers,
+                                           in_order=True, method="process")
+        else:
+            samples = nodes.Mapper(indices, self.data.train.__getitem__)
+        batches = nodes.Mapper(nodes.Batcher(samples, self.micro_batch, drop_last=True), self.data.collate)
+        if self.device.type == "cuda":
+            batches = nodes.PinMemory(batches)
+        return nodes.Loader(nodes.Prefetcher(batches, prefetch_factor=2))
+
+    def next_step(self, accumulation: int, step: int) -> List[Dict[str, torch.Tensor]]:
+        """The micro-batches of optimizer step `step`, on the device; counts them as consumed."""
+        if self.loader is None:
+            self.loader = iter(self.build())
+        micro_batches = [to_device(next(self.loader), self.device, self.document_masking) for _ in range(accumulation)]
+        self.samples_consumed += self.global_batch
+        if self.record is not None:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.record, "a") as f:
+                f.write(json.dumps({"step": step, "indices": [i for b in micro_batches for i in b["index"].tolist()]}) + "\n")
+        return micro_batches
 
 
 def validation_batches(data: StageData, micro_batch: int, samples: int, rank: int, ranks: int):

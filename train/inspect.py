@@ -6,7 +6,7 @@
     python -m train.inspect compare=[llama3,deepseek_v3,qwen3_next,mamba2,falcon_h1] context=131072
     python -m train.inspect compare=[qwen3_moe,deepseek_v3,kimi_k2,gpt_oss,longcat_flash,qwen3_next] context=4096
 
-The numbers come from train.model.inspect.summarize; this file only formats them.
+The numbers come from train.model.summary.summarize; this file only formats them.
 """
 
 from dataclasses import dataclass, field
@@ -15,8 +15,10 @@ from typing import List, Optional
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from train.model.config import CONFIGS_DIR, ModelConfig, load_preset, to_model_config
-from train.model.inspect import COMPONENTS, Summary, summarize
+from common.numbers import count, nbytes
+from common.paths import CONFIGS_DIR
+from train.model.config import ModelConfig, load_preset, to_model_config
+from train.model.summary import COMPONENTS, Summary, summarize
 
 
 @dataclass
@@ -30,36 +32,22 @@ class InspectConfig:
 ConfigStore.instance().store(name="inspect_schema", node=InspectConfig)
 
 
-def _count(n: float) -> str:
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(int(n))
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
-
-
 def rows(s: Summary) -> list[tuple[str, str]]:
     per_layer = sorted(set(s.kv_bytes_per_token_per_layer))
     return [
-        ("parameters (total)", f"{_count(s.params_total)} ({s.params_total:,})"),
-        *[(f"  {c.replace('_', ' ')}", _count(s.params[c])) for c in COMPONENTS],
-        ("parameters (active per token)", _count(s.params_active)),
+        ("parameters (total)", f"{count(s.params_total)} ({s.params_total:,})"),
+        *[(f"  {c.replace('_', ' ')}", count(s.params[c])) for c in COMPONENTS],
+        ("parameters (active per token)", count(s.params_active)),
         ("  routed experts/token (MoE)", " / ".join(f"{k:g}" for k in sorted(set(s.routed_experts_per_token))) or "-"),
-        ("matmul parameters N (active)", f"{_count(s.matmul_params_active)} of {_count(s.matmul_params)}"),
+        ("matmul parameters N (active)", f"{count(s.matmul_params_active)} of {count(s.matmul_params)}"),
         ("context T", f"{s.context:,}"),
-        ("train FLOPs/token (6N + attn)", _count(s.flops_per_token)),
-        ("  attention scores at T", _count(s.attention_flops_per_token)),
-        (f"KV bytes/token/layer ({s.dtype})", " / ".join(_bytes(b) for b in per_layer)),
-        ("KV bytes/token (all layers)", _bytes(sum(s.kv_bytes_per_token_per_layer))),
-        ("  MHA, same heads (all layers)", _bytes(s.mha_kv_bytes_per_token)),
-        ("fixed state bytes (all layers)", _bytes(sum(s.state_bytes_per_layer))),
-        (f"KV cache + state at T ({s.dtype})", _bytes(s.kv_bytes_total)),
+        ("train FLOPs/token (6N + attn)", count(s.flops_per_token)),
+        ("  attention scores at T", count(s.attention_flops_per_token)),
+        (f"KV bytes/token/layer ({s.dtype})", " / ".join(nbytes(b) for b in per_layer)),
+        ("KV bytes/token (all layers)", nbytes(sum(s.kv_bytes_per_token_per_layer))),
+        ("  MHA, same heads (all layers)", nbytes(s.mha_kv_bytes_per_token)),
+        ("fixed state bytes (all layers)", nbytes(sum(s.state_bytes_per_layer))),
+        (f"KV cache + state at T ({s.dtype})", nbytes(s.kv_bytes_total)),
     ]
 
 

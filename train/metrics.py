@@ -5,7 +5,7 @@ the same W&B run is resumed (its id is kept in the run folder), so steps stay al
 SLURM requeues. The W&B run config is the resolved training config plus `launch`: the SLURM job id,
 node list and restart count, the elastic restart count, the world size and the git commit.
 MFU = achieved model FLOP/s / peak FLOP/s, with the model's training FLOPs per token from the
-inspector (train/model/inspect.py) and the peak from config, a table of known GPUs, or (on CPU) a
+inspector (train/model/summary.py) and the peak from config, a table of known GPUs, or (on CPU) a
 short matmul measurement.
 """
 
@@ -15,13 +15,14 @@ import resource
 import socket
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 
+from common.atomic import atomic_write
 from train.config import LoggingConfig
+from train.run_folder import METRICS, wandb_run_id
 
 # Dense bf16 tensor-core peaks per GPU, TFLOP/s (vendor datasheets, without sparsity).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -63,13 +64,13 @@ def memory_gb(device: torch.device) -> float:
 class MetricsLogger:
     def __init__(self, run_dir: Path, config: LoggingConfig, resolved_config: Dict[str, object], resume_step: int,
                  enabled: bool, stage: str):
-        self.enabled, self.path = enabled, run_dir / "metrics.jsonl"
+        self.enabled, self.path = enabled, run_dir / METRICS
         self.wandb = None
         if not enabled:
             return
         if self.path.exists():  # drop what a crashed attempt logged after the checkpoint we resume from
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            atomic_write(self.path, "".join(line + "\n" for line in kept))
         if config.wandb.mode != "disabled":
             self.wandb = start_wandb(run_dir, config, resolved_config, stage)
 
@@ -110,16 +111,6 @@ def launch_info() -> Dict[str, object]:
         "elastic_restart_count": int(env.get("TORCHELASTIC_RESTART_COUNT", 0)),
         "world_size": int(env.get("WORLD_SIZE", 1)), "host": socket.gethostname(), "git_commit": git_commit(),
     }
-
-
-def wandb_run_id(run_dir: Path) -> str:
-    """One id per run folder, created once and reused by every restart and requeue."""
-    path = run_dir / "wandb_run_id"
-    if not path.exists():
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(uuid.uuid4().hex[:12])
-        tmp.rename(path)
-    return path.read_text().strip()
 
 
 def start_wandb(run_dir: Path, config: LoggingConfig, resolved_config: Dict[str, object], stage: str):

@@ -6,7 +6,7 @@ so the trainer can divide by the global count across micro-batches and ranks and
 whole global batch, whatever the number of ranks.
 """
 
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -59,9 +59,3 @@ class DirectPreference:
             "reward_rejected": out.rejected_rewards_B.sum(),
         }
         return out.losses_B.sum(), model.aux_loss(), stats
-
-
-def build_objective(stage: str, dpo: DPOConfig, chunk_tokens: int, reference: Optional[torch.nn.Module]):
-    if stage == "dpo":
-        return DirectPreference(dpo, reference, chunk_tokens)
-    return NextToken(chunk_tokens)

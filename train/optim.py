@@ -1,16 +1,20 @@
-"""AdamW with weight-decay groups and the learning-rate schedules (warmup + cosine, warmup-stable-decay).
+"""AdamW with weight-decay groups, the learning-rate schedules (warmup + cosine, warmup-stable-decay), and
+the MoE router-bias update as an optimizer pre-step hook.
 
 Weight decay applies to matrices only: norms, biases, sinks and embedding tables are left alone, as in
 GPT-2/nanoGPT and most open recipes (decaying embeddings shrinks rare tokens' vectors for no gain).
 """
 
 import math
+from typing import Dict
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from train.config import OptimConfig
+from train.model.moe.metrics import moe_metrics
+from train.parallel.world import all_reduce_sum
 
 NO_DECAY_MODULES = (nn.Embedding,)
 
@@ -62,3 +66,28 @@ def lr_factor(step: int, config: OptimConfig, max_steps: int) -> float:
 def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, max_steps: int) -> LambdaLR:
     lr_factor(config.warmup_steps, config, max_steps)  # fail now on a bad schedule name, not at step N
     return LambdaLR(optimizer, lambda step: lr_factor(step, config, max_steps))
+
+
+class RouterBiasUpdate:
+    """Once per optimizer step, just before it (after all micro-batches of the step): the MoE layers'
+    expert loads summed over all ranks -> the aux-loss-free router bias step (DeepSeek-V3), then the
+    counters reset. A skipped (non-finite) step runs no optimizer step, so its loads carry over. The
+    global loads are kept for the step's load metrics."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.layer_ids, self.loads = model, model.moe_layer_ids(), []
+
+    def __call__(self, optimizer, args, kwargs) -> None:
+        self.loads = [all_reduce_sum(load) for load in self.model.expert_loads()]
+        self.model.update_router_bias(self.loads)
+        self.model.reset_expert_loads()
+
+    def metrics(self) -> Dict[str, float]:
+        return moe_metrics(self.loads, self.layer_ids)
+
+
+def register_router_bias_update(optimizer: torch.optim.Optimizer, model: nn.Module) -> RouterBiasUpdate:
+    update = RouterBiasUpdate(model)
+    if update.layer_ids:
+        optimizer.register_step_pre_hook(update)
+    return update

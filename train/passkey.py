@@ -2,7 +2,7 @@
 in long filler text; the model must repeat it. Scored by greedy generation, at multiples of the
 original context, before and after a context extension such as YaRN mid-training.
 
-    python -m train.passkey checkpoint=outputs/runs/midtrain/model context=256 multiples=[1,2,4]
+    python -m train.passkey model_dir=outputs/runs/midtrain/model context=256 multiples=[1,2,4]
 """
 
 import random
@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import hydra
 import torch
@@ -18,6 +18,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
+from common.paths import CONFIGS_DIR
+from train.config import ModelFolderArgs
 from train.model import generate, load_model
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -28,8 +30,8 @@ QUESTION = "What is the pass key? The pass key is"
 
 
 @dataclass
-class PasskeyConfig:
-    checkpoint: str = "outputs/runs/midtrain/model"  # a model folder with tokenizer.json
+class PasskeyConfig(ModelFolderArgs):
+    model_dir: Optional[str] = "outputs/runs/midtrain/model"  # a model folder with tokenizer.json
     context: int = 256  # the original (pre-extension) context length
     multiples: List[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
     depths: List[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
@@ -69,12 +71,12 @@ def passkey_accuracy(model, tokenizer: Tokenizer, config: PasskeyConfig) -> Dict
 ConfigStore.instance().store(name="passkey_schema", node=PasskeyConfig)
 
 
-@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "configs"), config_name="passkey", version_base=None)
+@hydra.main(config_path=str(CONFIGS_DIR), config_name="passkey", version_base=None)
 def main(cfg) -> None:
     config: PasskeyConfig = OmegaConf.to_object(cfg)
-    folder = Path(config.checkpoint)
+    folder = Path(config.model_dir)
     if not (folder / "tokenizer.json").is_file():
-        sys.exit(f"error: {folder} has no tokenizer.json; point checkpoint= at a stage's model/ folder")
+        sys.exit(f"error: {folder} has no tokenizer.json; point model_dir= at a stage's model/ folder")
     scores = passkey_accuracy(load_model(folder), Tokenizer.from_file(str(folder / "tokenizer.json")), config)
     print(f"passkey accuracy ({folder}, original context {config.context}): "
           + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))

@@ -5,7 +5,7 @@ import torch
 
 from train.model import build_model, generate
 from train.model.generate import sample_next
-from model_helpers import assert_cached_decoding_equals_full
+from tests.model_helpers import assert_cached_decoding_equals_full
 
 SLIDING = {"mixers.sliding": {"kind": "softmax_attention", "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 16, "window": 4}},
            "layer_mixers": ["sliding", "full"], "num_layers": 4}

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 LAB = Path(os.environ.get("LLMB_SLURM_LAB", "/tmp/llm-blocks-slurm"))
 
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from train_helpers import FAST, metrics, wandb_history, wandb_records
+from tests.train_helpers import FAST, metrics, wandb_history, wandb_records
+from common.paths import REPO
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 STEP_LINE = re.compile(r"^step\s+(\d+)/\d+ \| loss", re.M)
 
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def slurm(*args, env=None, cwd=REPO):
@@ -48,7 +48,8 @@ def test_gpu_preset_dry_run_renders_the_expected_batch_script(tmp_path):
     (["cluster=no_such_cluster"], "no_such_cluster"),
     (["trainer.max_stepz=5"], "max_stepz"),
     (["--dryrun"], "unknown option"),
-    (["trainer.micro_batch_size=8"], "micro_batch_size=8 x 4 data-parallel ranks; change one of them (cluster.nodes=2"),
+    (["trainer.global_batch_size=6"], "global_batch_size=6 does not divide over 4 data-parallel ranks; use a multiple "
+                                      "of 4, e.g. trainer.global_batch_size=4 or 8 (cluster.nodes=2"),
 ])
 def test_a_typo_fails_before_anything_is_submitted(bad, message):
     result = slurm("--dry-run", "cluster=local_test", *bad)
@@ -82,6 +83,6 @@ def test_pipeline_is_submitted_as_jobs_that_each_wait_for_the_previous_one(tmp_p
         run_id = (out / "runs" / stage / "wandb_run_id").read_text()  # fixed at submission, read by the trainer
         assert f"https://wandb.ai/team/llm-blocks/runs/{run_id}" in result.stdout
     assert "trainer.max_steps=7" in scripts[1] and "trainer.max_steps=7" not in scripts[2]
-    assert f"checkpoint.init_from={out / 'runs' / 'sft' / 'model'}" in scripts[4]
+    assert f"init.weights={out / 'runs' / 'sft' / 'model'}" in scripts[4]
     assert f"-m launch.pipeline --out {out}" in scripts[5]
     assert "submitted job 106 (report)" in result.stdout and f"W&B: project team/llm-blocks, group {group}" in result.stdout

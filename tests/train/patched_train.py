@@ -12,16 +12,17 @@ import time
 
 import torch
 
+from train.objectives import NextToken
 from train.trainer import Trainer
 
 fault = dict(part.split("=") for part in os.environ.get("FAULT", "").split(":")[1:])
 kind = os.environ.get("FAULT", "").split(":")[0]
-original_train_step, original_loss_sum = Trainer.train_step, Trainer.loss_sum
-poisoned_steps = set()
+original_train_step, original_objective = Trainer.train_step, NextToken.__call__
+poisoned_steps, current = set(), {"step": 0}
 
 
 def train_step(self, micro_batches):
-    step = self.step + 1
+    step = current["step"] = self.progress.step + 1
     if kind == "die" and step == int(fault["step"]) and self.world.rank == int(fault["rank"]) \
             and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         print(f"rank {self.world.rank}: injected crash before step {step}", flush=True)
@@ -31,16 +32,16 @@ def train_step(self, micro_batches):
     return original_train_step(self, micro_batches)
 
 
-def loss_sum(self, batch):
-    loss, aux, stats = original_loss_sum(self, batch)
-    step = self.step + 1
-    if kind == "nan" and step == int(fault["step"]) and self.model.training and step not in poisoned_steps:
+def objective(self, model, batch):
+    loss, aux, stats = original_objective(self, model, batch)
+    step = current["step"]
+    if kind == "nan" and step == int(fault["step"]) and model.training and step not in poisoned_steps:
         loss = loss * torch.tensor(float("nan"))
         poisoned_steps.add(step)
     return loss, aux, stats
 
 
-Trainer.train_step, Trainer.loss_sum = train_step, loss_sum
+Trainer.train_step, NextToken.__call__ = train_step, objective
 
 if __name__ == "__main__":
     from train.__main__ import main

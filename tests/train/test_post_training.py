@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from train_helpers import losses, metrics, run_training
-from shared_data import SHARED_DATA as SHARED
+from tests.train_helpers import losses, metrics, run_training
+from tests.shared_data import SHARED_DATA as SHARED
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def start_model(prepared_data, tmp_path_factory):
 
 @pytest.mark.parametrize("stage", ["midtrain", "sft", "dpo"])
 def test_stage_resumes_after_a_killed_rank(prepared_data, start_model, tmp_path, stage):
-    common = [f"stage={stage}", f"checkpoint.init_from={start_model}", "trainer.max_steps=6", "checkpoint.every=3",
+    common = [f"stage={stage}", f"init.weights={start_model}", "trainer.max_steps=6", "checkpoint.every=3",
               "trainer.deterministic=true", "trainer.val_every=3", "trainer.val_samples=8"]
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     run_training(clean, prepared_data, *common, nproc=2)
@@ -40,7 +40,7 @@ def test_bad_rows_are_reported_with_counts(prepared_data, start_model, tmp_path)
     rows.append({"instruction": "x " * 2000, "input": "", "output": "too long a prompt"})  # prompt > seq_len
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
-    result = run_training(tmp_path / "run", prepared_data, "stage=sft", f"checkpoint.init_from={start_model}",
+    result = run_training(tmp_path / "run", prepared_data, "stage=sft", f"init.weights={start_model}",
                           "data.chat.kind=local", f"data.chat.paths=[{path}]", "trainer.max_steps=1")
     report = [line for line in result.stdout.splitlines() if line.startswith("data:")][0]
     assert "skipped 3" in report
@@ -53,7 +53,7 @@ def test_bad_rows_are_reported_with_counts(prepared_data, start_model, tmp_path)
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (real public data sets) is not on this machine")
 @pytest.mark.parametrize("stage,file", [("sft", "alpaca_5000.json"), ("dpo", "hh_rlhf_harmless_base_test.jsonl.gz")])
 def test_real_public_formats_by_overrides_only(prepared_data, start_model, tmp_path, stage, file):
-    result = run_training(tmp_path / stage, prepared_data, f"stage={stage}", f"checkpoint.init_from={start_model}",
+    result = run_training(tmp_path / stage, prepared_data, f"stage={stage}", f"init.weights={start_model}",
                           "data.chat.kind=local", f"data.chat.paths=[{SHARED / file}]", "trainer.max_steps=2")
     report = [line for line in result.stdout.splitlines() if line.startswith("data:")][0]
     assert ("4,998 conversations" in report) if stage == "sft" else ("preference pairs" in report)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from train_helpers import losses, metrics, run_training
+from tests.train_helpers import losses, metrics, run_training
 
 pytestmark = pytest.mark.slow
 

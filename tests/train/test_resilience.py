@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from train_helpers import FAST, PATCHED, losses, metrics, run_training, wandb_history
+from tests.train_helpers import FAST, PATCHED, losses, metrics, run_training, wandb_history
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,10 @@ its dispatch can overlap the second block's compute."""
 
 from torch import nn
 
-from train.model import ffn as _ffn  # noqa: F401  registers the feed-forward kinds
-from train.model import mixer as _mixer  # noqa: F401  registers the mixer kinds
 from train.model.config import ModelConfig
+from train.model.ffn import build_ffn
+from train.model.mixer import build_mixer
 from train.model.norm import build_norm
-from train.model.registry import FFNS, MIXERS, lookup
 
 
 class Block(nn.Module):
@@ -20,11 +19,11 @@ class Block(nn.Module):
         super().__init__()
         mixer_config, ffn_config = config.layer_mixer(layer_idx), config.layer_ffn(layer_idx)
         self.mixer_norm = build_norm(config.norm, config.dim)
-        self.mixer = lookup(MIXERS, "mixer", mixer_config.kind)(mixer_config, config, layer_idx)
+        self.mixer = build_mixer(mixer_config, config, layer_idx)
         self.ffn_norm = self.ffn = None
         if ffn_config.kind != "none":
             self.ffn_norm = build_norm(config.norm, config.dim)
-            self.ffn = lookup(FFNS, "ffn", ffn_config.kind)(ffn_config, config, layer_idx)
+            self.ffn = build_ffn(ffn_config, config, layer_idx)
 
     def mix(self, x_BTD, positions_BT, doc_ids_BT=None, cache=None):
         return x_BTD + self.mixer(self.mixer_norm(x_BTD), positions_BT, doc_ids_BT, cache)
@@ -39,7 +38,7 @@ class ShortcutMoEBlock(nn.Module):
         super().__init__()
         moe_config = config.ffns[config.shortcut_moe]
         self.blocks = nn.ModuleList(Block(config, 2 * layer_idx + i) for i in range(2))
-        self.moe = lookup(FFNS, "ffn", moe_config.kind)(moe_config, config, layer_idx)
+        self.moe = build_ffn(moe_config, config, layer_idx)
 
     def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache=None):
         first, second = self.blocks

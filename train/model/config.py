@@ -15,15 +15,13 @@ read the same files.
 """
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional
 
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+from common.compose import compose
+from common.paths import CONFIGS_DIR
 
 
 @dataclass
@@ -237,6 +235,32 @@ class ModelConfig:
         return self.ffns[self.layer_ffns[layer % len(self.layer_ffns)]]
 
 
+# the section a mixer or feed-forward of each kind reads its settings from (the others stay None)
+MIXER_SECTIONS = {"softmax_attention": "attention", "mla": "mla", "linear_attention": "linear_attention",
+                  "gated_deltanet": "gated_deltanet", "mamba2": "mamba2", "parallel_hybrid": "parallel_hybrid"}
+FFN_SECTIONS = {"moe": "moe"}
+
+
+def check_model_config(config: ModelConfig) -> None:
+    """The layer patterns name known table entries, and every mixer and feed-forward has the section its
+    kind reads (e.g. `attention:` for softmax_attention); the error names the key to set."""
+    if config.shortcut_moe is not None and config.ffns.get(config.shortcut_moe, None) is None:
+        raise ValueError(f"model.shortcut_moe={config.shortcut_moe!r} is not in model.ffns {sorted(config.ffns)}")
+    for pattern, table in (("layer_mixers", "mixers"), ("layer_ffns", "ffns")):
+        names, known = getattr(config, pattern), getattr(config, table)
+        if not names:
+            raise ValueError(f"model.{pattern} is empty; name at least one entry of model.{table}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"model.{pattern} names {unknown}, which are not in model.{table} {sorted(known)}")
+    for table, sections in (("mixers", MIXER_SECTIONS), ("ffns", FFN_SECTIONS)):
+        for name, entry in getattr(config, table).items():
+            section = sections.get(entry.kind)
+            if section is not None and getattr(entry, section) is None:
+                raise ValueError(f"model.{table}.{name} has kind {entry.kind} but no `{section}:` section; "
+                                 f"set model.{table}.{name}.{section}")
+
+
 @dataclass
 class _PresetRoot:
     """Primary config used by load_preset: just a typed `model` node."""
@@ -252,13 +276,7 @@ def load_preset(name: str) -> ModelConfig:
     available = sorted(p.stem for p in (CONFIGS_DIR / "model").glob("*.yaml"))
     if name not in available:
         raise ValueError(f"unknown model preset {name!r}: no configs/model/{name}.yaml; available: {available}")
-    overrides = [f"+model={name}"]
-    if GlobalHydra.instance().is_initialized():  # inside a @hydra.main app, whose search path is configs/
-        cfg = compose(config_name="_model_preset_root", overrides=overrides)
-    else:
-        with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base=None):
-            cfg = compose(config_name="_model_preset_root", overrides=overrides)
-    return to_model_config(cfg.model)
+    return to_model_config(compose("_model_preset_root", [f"+model={name}"]).model)
 
 
 def to_model_config(cfg) -> ModelConfig:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.block import Block, ShortcutMoEBlock
-from train.model.config import ModelConfig
+from train.model.config import ModelConfig, check_model_config
 from train.model.kv_cache import KVCache
 from train.model.moe.layer import MoE
 from train.model.norm import GatedRMSNorm, LayerNorm, RMSNorm, build_norm
@@ -41,22 +41,10 @@ def document_positions(doc_ids_BT: torch.Tensor) -> torch.Tensor:
     return index_BT - start_BT
 
 
-def check_layer_patterns(config: ModelConfig) -> None:
-    if config.shortcut_moe is not None and config.ffns.get(config.shortcut_moe, None) is None:
-        raise ValueError(f"model.shortcut_moe={config.shortcut_moe!r} is not in model.ffns {sorted(config.ffns)}")
-    for pattern, table in (("layer_mixers", "mixers"), ("layer_ffns", "ffns")):
-        names, known = getattr(config, pattern), getattr(config, table)
-        if not names:
-            raise ValueError(f"model.{pattern} is empty; name at least one entry of model.{table}")
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"model.{pattern} names {unknown}, which are not in model.{table} {sorted(known)}")
-
-
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        check_layer_patterns(config)
+        check_model_config(config)
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.dim)
         self.position = build_additive_position(config.position, config.dim, config.max_seq_len)

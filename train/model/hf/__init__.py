@@ -14,8 +14,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from train.model.checkpoint import atomic_directory, model_from_state_dict
+from common.atomic import atomic_directory
 from train.model.config import ModelConfig, to_model_config
+from train.model.folder import model_from_state_dict
 from train.model.hf import deepseek_v3, gpt2, gpt_oss, llama, longcat_flash, mamba2, qwen3, qwen3_moe, qwen3_next
 from train.model.hf.weights import from_hf, to_hf
 from train.model.transformer import Transformer

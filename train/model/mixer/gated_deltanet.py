@@ -37,8 +37,6 @@ class GatedDeltaNet(nn.Module):
     def __init__(self, config: MixerConfig, model: ModelConfig, layer_idx: int):
         super().__init__()
         c = config.gated_deltanet
-        if c is None:
-            raise ValueError("a mixer with kind gated_deltanet needs a `gated_deltanet:` section")
         if c.num_value_heads % c.num_key_heads:
             raise ValueError(f"gated_deltanet.num_value_heads={c.num_value_heads} must be a multiple of num_key_heads={c.num_key_heads}")
         self.layer_idx, self.chunk_size = layer_idx, c.chunk_size

@@ -29,8 +29,6 @@ class LinearAttention(nn.Module):
     def __init__(self, config: MixerConfig, model: ModelConfig, layer_idx: int):
         super().__init__()
         c = config.linear_attention
-        if c is None:
-            raise ValueError("a mixer with kind linear_attention needs a `linear_attention:` section")
         self.layer_idx, self.eps, self.chunk_size = layer_idx, c.eps, c.chunk_size
         self.num_heads, self.head_dim = c.num_heads, c.head_dim or model.dim // c.num_heads
         H, K, D = self.num_heads, self.head_dim, model.dim

@@ -36,8 +36,6 @@ class Mamba2(nn.Module):
     def __init__(self, config: MixerConfig, model: ModelConfig, layer_idx: int):
         super().__init__()
         c = config.mamba2
-        if c is None:
-            raise ValueError("a mixer with kind mamba2 needs a `mamba2:` section")
         if c.num_heads % c.num_groups:
             raise ValueError(f"mamba2.num_heads={c.num_heads} must be a multiple of num_groups={c.num_groups}")
         self.config, self.layer_idx = c, layer_idx

@@ -38,8 +38,6 @@ class MultiHeadLatentAttention(nn.Module):
     def __init__(self, config: MixerConfig, model: ModelConfig, layer_idx: int):
         super().__init__()
         c = config.mla
-        if c is None:
-            raise ValueError("a mixer with kind mla needs an `mla:` section")
         if model.position.kind not in ROTARY_KINDS:
             raise ValueError(f"mla needs rotary positions (position.kind in {ROTARY_KINDS}), got {model.position.kind!r}")
         self.layer_idx = layer_idx

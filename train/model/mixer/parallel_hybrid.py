@@ -18,8 +18,6 @@ class ParallelHybrid(nn.Module):
     def __init__(self, config: MixerConfig, model: ModelConfig, layer_idx: int):
         super().__init__()
         c = config.parallel_hybrid
-        if c is None:
-            raise ValueError("a mixer with kind parallel_hybrid needs a `parallel_hybrid:` section")
         self.attention_multiplier, self.ssm_multiplier = c.attention_multiplier, c.ssm_multiplier
         attention_config = MixerConfig(kind="softmax_attention", attention=c.attention)
         ssm_config = MixerConfig(kind="mamba2", mamba2=c.mamba2)

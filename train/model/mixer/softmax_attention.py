@@ -40,8 +40,6 @@ class SoftmaxAttention(nn.Module):
     def __init__(self, config: MixerConfig, model: ModelConfig, layer_idx: int):
         super().__init__()
         attn = config.attention
-        if attn is None:
-            raise ValueError("a mixer with kind softmax_attention needs an `attention:` section")
         self.layer_idx = layer_idx
         self.num_heads = attn.num_heads
         self.num_kv_heads = attn.num_kv_heads or attn.num_heads

@@ -10,7 +10,7 @@ their pairs sort last and are cut off before any expert runs (they cost no FLOPs
 parallelism, never leave the rank). Dropless by default; with `capacity_factor`, each expert keeps its
 first `capacity` pairs in token order and the rest are dropped before dispatch (so they don't travel
 either). The routed pairs go through `self.dispatch(x_ND, counts_E, experts)`, which runs the local
-experts; train/expert_parallel.py swaps in an all-to-all dispatch.
+experts; train/parallel/expert.py swaps in an all-to-all dispatch.
 
 Bookkeeping for the trainer (see Transformer.aux_loss / expert_loads / update_router_bias):
 `aux_loss` holds the router's balancing + z-loss of the last forward; `choice_counts` [E + Z]
@@ -41,8 +41,6 @@ class MoE(nn.Module):
     def __init__(self, config: FFNConfig, model: ModelConfig, layer_idx: int):
         super().__init__()
         c = config.moe
-        if c is None:
-            raise ValueError("a feed-forward with kind moe needs a `moe:` section")
         self.num_experts, self.num_zero_experts, self.top_k = c.num_experts, c.num_zero_experts, c.router.top_k
         self.capacity_factor = c.capacity_factor
         self.router = Router(c.router, model.dim, c.num_experts + c.num_zero_experts)

@@ -1,0 +1,71 @@
+"""Atomic writes: a reader (or a restarted run) sees the old content or the new, never half of it.
+
+    with atomic_directory("runs/x/model") as tmp:   # fill tmp; it replaces runs/x/model in one rename
+        ...
+    atomic_write("report.json", text)               # a file: a temporary sibling, then os.replace
+    atomic_write("plot.png", lambda tmp: figure.savefig(tmp, format="png"))
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: Union[str, os.PathLike]) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces `directory` in one rename, on
+    failure it is removed, so a crash never leaves a half-written folder under the final name."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
+    try:
+        yield tmp
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write(path: Union[str, os.PathLike], content: Union[str, bytes, Callable[[Path], object]]) -> Path:
+    """Write `content` (text, bytes, or a function that writes the file it is given) to a temporary
+    sibling of `path`, then rename it over `path`. On failure the temporary file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content)
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def create_once(path: Union[str, os.PathLike], make: Callable[[], str]) -> str:
+    """The text of `path`, written first with `make()` if it does not exist yet (a value fixed once per
+    folder, e.g. a W&B run id, that every restart and every concurrent reader must agree on)."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(make())
+        try:
+            os.link(name, path)  # fails if another process created it first: theirs wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(name)
+    return path.read_text().strip()

@@ -1,0 +1,199 @@
+"""What happens around the training steps, as callbacks the Trainer calls (train/trainer.py).
+
+Hooks, each called as `hook(trainer, ...)` on every callback in order (all optional):
+    on_train_start     before the first step
+    on_step(result)    after each step: its figures (loss, grad norm, lr, statistics), or None when it was
+                       skipped (a non-finite loss); trainer.progress.step counts the steps taken
+    on_train_end       after the loop (finished, or stopped on request)
+    close()            at the end of the process, also after an error
+The default set, in order: console + metrics file + W&B at `trainer.log_every` (tokens/s, MFU, memory),
+validation at `trainer.val_every` and at the end, checkpoints every `checkpoint.every` steps, stop
+requests (SIGTERM/SIGUSR1 to a worker, or the run folder's `stop` file: finish the step, checkpoint,
+exit 0), the final model folder, and the closing summary.
+"""
+
+import shutil
+import signal
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from train import run_folder
+from train.metrics import MetricsLogger, Throughput, format_line, memory_gb, peak_tflops
+from train.model import save_model
+from train.model.folder import model_from_state_dict
+from train.model.summary import summarize
+from train.parallel.expert import gathered_experts
+from train.parallel.fsdp import DTYPES
+from train.stages import tokenizer_folder
+
+
+@dataclass
+class Progress:
+    """The trainer's progress (checkpointed): optimizer steps taken, tokens trained on, and the run of
+    skipped steps; `last` holds the latest figures and `step_tokens` the tokens of the current step."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    skipped_in_a_row: int = 0
+    step_tokens: int = 0
+    last: Dict[str, float] = field(default_factory=dict)
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"step": self.step, "tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+
+
+class Callback:
+    def on_train_start(self, trainer) -> None: ...
+    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None: ...
+    def on_train_end(self, trainer) -> None: ...
+    def close(self) -> None: ...
+
+
+class LogMetrics(Callback):
+    """Every `log_every` steps and at the last: the console line, metrics.jsonl and W&B (rank 0)."""
+
+    def __init__(self, trainer, logger: MetricsLogger):
+        config = trainer.config
+        self.logger, self.every, self.max_steps = logger, config.trainer.log_every, config.trainer.max_steps
+        summary = summarize(config.model, context=config.data.seq_len, dtype=config.parallel.param_dtype)
+        peak = peak_tflops(config.logging, trainer.world.device, DTYPES[config.parallel.param_dtype])
+        self.throughput = Throughput(summary.flops_per_token, peak, trainer.world.size)
+
+    def on_train_start(self, trainer) -> None:
+        cfg = trainer.config
+        trainer.say(f"training {cfg.stage} in {trainer.run_dir}: {trainer.world.size} rank(s) on "
+                    f"{trainer.world.device.type}, {trainer.plan.describe()}, "
+                    f"{cfg.trainer.global_batch_size} samples of up to {cfg.data.seq_len} tokens per step")
+        self.throughput.reset()
+
+    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None:
+        self.throughput.add(trainer.progress.step_tokens)  # a skipped step's time and tokens count too
+        step = trainer.progress.step
+        if result is None or (step % self.every and step != self.max_steps):
+            return
+        rate, mfu = self.throughput.read()
+        record = {"step": step, **result, "tokens_per_s": rate, "mfu": mfu, "tokens_seen": trainer.progress.tokens_seen,
+                  "memory_gb": memory_gb(trainer.world.device)}
+        self.logger.log(record)
+        trainer.say(format_line(record, self.max_steps))
+
+
+class Validate(Callback):
+    """Every `val_every` steps and at the last: the held-out loss and statistics, logged."""
+
+    def __init__(self, trainer, logger: MetricsLogger):
+        self.logger, self.every, self.max_steps = logger, trainer.config.trainer.val_every, trainer.config.trainer.max_steps
+
+    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None:
+        step = trainer.progress.step
+        if result is None or not ((self.every and step % self.every == 0) or step == self.max_steps):
+            return
+        evaluation = trainer.validate()
+        trainer.progress.last.update(evaluation)
+        self.logger.log({"step": step, **evaluation})
+        trainer.say(f"step {step:>5}/{self.max_steps} | " + " | ".join(
+            f"{key.replace('_', ' ')} {value:.4f}" for key, value in evaluation.items()))
+
+
+class StopRequests(Callback):
+    """SIGTERM/SIGUSR1 to any worker, or the run folder's stop file (what a SLURM batch script writes at
+    the time-limit warning, since torchrun passes no signals on), ask the run to stop after this step."""
+
+    def __init__(self, trainer):
+        self.stop_file, self.signalled = trainer.run_dir / run_folder.STOP, False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, lambda signum, frame: self.request(trainer, signum))
+
+    def request(self, trainer, signum) -> None:
+        self.signalled = True
+        trainer.say(f"received {signal.Signals(signum).name}: finishing this step, then checkpointing and exiting")
+
+    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None:
+        """Whether any rank got a signal, or rank 0 found the stop file (one stat per step, on one rank)."""
+        asked = self.signalled or (trainer.world.is_main and self.stop_file.exists())
+        flag = torch.tensor([float(asked)], device=trainer.world.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and trainer.world.is_main and self.stop_file.exists():
+            trainer.say(f"found {self.stop_file}: checkpointing this step and exiting")
+            self.stop_file.unlink()
+        trainer.stop_requested = bool(flag.item())
+
+
+class Checkpoints(Callback):
+    """A step checkpoint every `checkpoint.every` steps, on a stop request, and at the end."""
+
+    def __init__(self, trainer):
+        self.every = trainer.config.checkpoint.every
+
+    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None:
+        if result is not None and self.every and trainer.progress.step % self.every == 0:
+            trainer.checkpointer.save(trainer.progress.step)
+        if trainer.stop_requested:
+            trainer.checkpointer.save(trainer.progress.step)
+            trainer.say(f"stopped at step {trainer.progress.step} on request; checkpoint saved")
+
+    def on_train_end(self, trainer) -> None:
+        if trainer.finished:
+            trainer.checkpointer.save(trainer.progress.step)
+
+
+class FinalModel(Callback):
+    """At the end: the final weights gathered on rank 0 as the run's model folder (model.yaml +
+    model.safetensors + the tokenizer): what `load_model`, `train.export` and the next stage's
+    `init.weights` read. Its weights file, written last, marks the run as finished."""
+
+    def on_train_end(self, trainer) -> None:
+        if not trainer.finished:
+            return
+        full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full.update(gathered_experts(trainer.model, trainer.dims, trainer.world.is_main))
+        if trainer.world.is_main:
+            folder = save_model(model_from_state_dict(trainer.config.model, full), trainer.run_dir / run_folder.MODEL)
+            source = tokenizer_folder(trainer.config)
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                if (source / name).is_file():
+                    shutil.copy(source / name, folder / name)
+        dist.barrier()
+
+
+class Summary(Callback):
+    """The closing lines: where the run stopped, its last figures, and where its outputs are."""
+
+    def on_train_end(self, trainer) -> None:
+        trainer.checkpointer.wait()
+        last, step = trainer.progress.last, trainer.progress.step
+        final = trainer.checkpointer.root / f"step_{step:08d}"
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k in ("loss", "val_loss", "val_reward_accuracy"))
+        trainer.say(f"{trainer.config.stage} finished at step {step}{': ' + scores if scores else ''}\n"
+                    f"  checkpoint {final.resolve()}\n  model      {(trainer.run_dir / run_folder.MODEL).resolve()}\n"
+                    f"  metrics    {(trainer.run_dir / run_folder.METRICS).resolve()}")
+
+
+class CloseLogger(Callback):
+    def __init__(self, logger: MetricsLogger):
+        self.logger = logger
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def default_callbacks(trainer) -> list:
+    """The callbacks every run has (see the module docstring). Writes config.yaml and opens the metrics
+    file and W&B run first (rank 0)."""
+    config = trainer.config
+    if trainer.world.is_main:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        (trainer.run_dir / run_folder.CONFIG).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    logger = MetricsLogger(trainer.run_dir, config.logging, resolved, trainer.progress.step, trainer.world.is_main,
+                           config.stage)
+    return [LogMetrics(trainer, logger), Validate(trainer, logger), StopRequests(trainer), Checkpoints(trainer),
+            FinalModel(), Summary(), CloseLogger(logger)]

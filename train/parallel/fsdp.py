@@ -1,0 +1,55 @@
+"""Apply parallelism to a plain model from the outside: expert parallelism, activation checkpointing,
+torch.compile and FSDP2 (`fully_shard`) over the data-parallel mesh. The model code never sees any of it.
+
+Order as in torchtitan: experts cut to this rank's (on the plain model, clean parameter names), then
+checkpoint wrappers, then compile, then shard each block and the root (so each block's parameters are
+gathered just before it runs and freed after). With `parallel.ep > 1` the experts are their own FSDP
+units over the edp mesh (train/parallel/expert.py); the dense parameters are sharded over the dp mesh.
+"""
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+from train.config import ParallelConfig
+from train.parallel.dims import ParallelDims
+from train.parallel.expert import apply_expert_parallel, shard_experts
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
+    """full: recompute every block in backward; selective: every other block (half the saving, half the cost)."""
+    if mode not in ("none", "selective", "full"):
+        raise ValueError(f"parallel.activation_checkpointing={mode!r}; use none, selective or full")
+    if mode == "none":
+        return
+    for index, block in enumerate(model.layers):
+        if mode == "full" or index % 2 == 0:
+            model.layers[index] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) -> nn.Module:
+    """Shard `model` in place and return it; with parallel.ep > 1, `model` must hold real weights
+    (all experts, identical on every rank): each rank keeps its own experts before sharding."""
+    for key, value in (("param_dtype", config.param_dtype), ("reduce_dtype", config.reduce_dtype)):
+        if value not in DTYPES:
+            raise ValueError(f"parallel.{key}={value!r}; use one of {', '.join(DTYPES)}")
+    if dims.ep > 1:
+        apply_expert_parallel(model, dims)
+    apply_activation_checkpointing(model, config.activation_checkpointing)
+    if config.compile:
+        for index, block in enumerate(model.layers):
+            model.layers[index] = torch.compile(block)
+    policy = MixedPrecisionPolicy(param_dtype=DTYPES[config.param_dtype], reduce_dtype=DTYPES[config.reduce_dtype])
+    if dims.ep > 1:  # before the blocks are sharded: the experts are their own FSDP units over edp
+        shard_experts(model, dims, mp_policy=policy)
+    for block in model.layers:
+        fully_shard(block, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
+    # The loss calls model.hidden_states() and then reads model.output_weight() (train/loss.py fuses
+    # the output projection into the cross-entropy), so hidden_states is an FSDP forward too, and the
+    # root's parameters (embeddings, final norm, output head) stay gathered until backward.
+    fully_shard(model, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=False)
+    register_fsdp_forward_method(model, "hidden_states")
+    return model
