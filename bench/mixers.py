@@ -29,8 +29,7 @@ from train.model.config import (  # noqa: E402
     ParallelHybridConfig,
     PositionConfig,
 )
-from train.model.registry import MIXERS  # noqa: E402
-from train.model import mixer as _mixer  # noqa: E402,F401  registers the mixers
+from train.model.mixer import build_mixer  # noqa: E402
 
 DIM, HEADS, HEAD_DIM = 256, 4, 64
 MAMBA = Mamba2Config(num_heads=HEADS, head_dim=HEAD_DIM, state_size=64, chunk_size=64)
@@ -49,7 +48,7 @@ MIXER_CONFIGS = {
 def time_per_token(name: str, length: int, repeats: int) -> float:
     model = ModelConfig(dim=DIM, position=PositionConfig(kind="rope"))
     torch.manual_seed(0)
-    mixer = MIXERS[MIXER_CONFIGS[name].kind](MIXER_CONFIGS[name], model, 0)
+    mixer = build_mixer(MIXER_CONFIGS[name], model, 0)
     for module in mixer.modules():
         if hasattr(module, "reset_extra_parameters"):
             module.reset_extra_parameters()

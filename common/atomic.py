@@ -16,19 +16,36 @@ from typing import Callable, Iterator, Union
 
 @contextlib.contextmanager
 def atomic_directory(directory: Union[str, os.PathLike]) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces `directory` in one rename, on
-    failure it is removed, so a crash never leaves a half-written folder under the final name."""
+    """Yield a temporary sibling folder to fill; on success it replaces `directory` (an earlier one is moved
+    aside first and removed after the swap), on failure it is removed, so a crash never leaves a
+    half-written folder under the final name. A process killed outright leaves its temporary folder behind:
+    `remove_stale_temporaries` removes those of processes that are gone."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent))
     try:
         yield tmp
         if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-{os.getpid()}-", dir=directory.parent))
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temporaries(directory: Union[str, os.PathLike]) -> None:
+    """Remove the temporary and moved-aside folders of `atomic_directory(directory)` calls whose process is gone."""
+    directory = Path(directory)
+    for stale in list(directory.parent.glob(f".{directory.name}.tmp-*")) + list(directory.parent.glob(f".{directory.name}.old-*")):
+        pid = stale.name.rsplit("-", 2)[-2]
+        try:
+            os.kill(int(pid), 0)
+        except (OSError, ValueError):  # no such process (or not a pid we wrote): stale
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def atomic_write(path: Union[str, os.PathLike], content: Union[str, bytes, Callable[[Path], object]]) -> Path:

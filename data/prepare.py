@@ -11,7 +11,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from common.atomic import atomic_directory, remove_stale_temporaries
 from data import sources
 from data.config import PrepareConfig, SourceConfig
 from data.errors import DataError
@@ -84,16 +84,6 @@ def check_writable(folder: Path) -> None:
         os.unlink(probe)
     except OSError as error:
         raise DataError(f"out_dir={folder}: cannot write there ({error.strerror}); set out_dir=<a writable folder>") from None
-
-
-def remove_stale_temporaries(folder: Path, name: str) -> None:
-    """Temporary folders of killed runs (their process is gone) are removed; a running one's are kept."""
-    for stale in folder.glob(f".{name}.tmp-*"):
-        pid = int(stale.name.rsplit("-", 2)[-2]) if stale.name.rsplit("-", 2)[-2].isdigit() else -1
-        try:
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            shutil.rmtree(stale, ignore_errors=True)
 
 
 # --- documents, split and weighted ---------------------------------------------------------------
@@ -172,20 +162,9 @@ def prepare(config: PrepareConfig) -> Prepared:
     manifest = read_manifest(out)
     if manifest and manifest.get("fingerprint") == fingerprint:
         return Prepared(out, manifest, reused=True)
-    remove_stale_temporaries(out.parent, config.name)
-    work = out.parent / f".{config.name}.tmp-{os.getpid()}-{int(time.time())}"
-    try:
-        work.mkdir()
+    remove_stale_temporaries(out)
+    with atomic_directory(out) as work:  # a changed config replaces the earlier output only once complete
         manifest = build(config, work, fingerprint)
-        if out.exists():  # a changed config replaces the earlier output, which is removed only after the swap
-            old = out.parent / f".{config.name}.old-{os.getpid()}"
-            out.rename(old)
-            work.rename(out)
-            shutil.rmtree(old)
-        else:
-            work.rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return Prepared(out, manifest, reused=False)
 
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import List, Optional
 
-from hydra import initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from train.config import TrainConfig, compose_train_config
+from common.compose import composing
 from common.paths import CONFIGS_DIR
 
 SWEEPS_DIR = CONFIGS_DIR / "sweep"
@@ -164,7 +164,7 @@ class Composer:
     """Composes `python -m train`'s config in this process, exactly as the trainer will."""
 
     def __enter__(self):
-        self.context = initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base=None)
+        self.context = composing()
         self.context.__enter__()
         return self
 

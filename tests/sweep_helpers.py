@@ -1,5 +1,5 @@
 """What a sweep report's row must say, computed independently from a run folder: the inspector on the
-resolved config (config.yaml) and the records of metrics.jsonl."""
+resolved config (config.yaml) and the records of metrics.jsonl, and the cells written out here."""
 
 import json
 import statistics
@@ -44,9 +44,27 @@ def markdown_rows(report_md: str) -> dict:
     return {cells[0].strip(): [c.strip() for c in cells] for cells in rows}
 
 
+def expected_cells(point: str, expected: dict) -> list:
+    """The Markdown cells a finished point's row must show, written out here: counts in K/M/B with two
+    decimals, bytes in binary units (one decimal under 1 KiB), losses to 4 places, tokens/s whole."""
+    def count(n):
+        unit, size = next(((u, s) for u, s in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)) if n >= s), ("", 1))
+        return f"{n / size:.2f}{unit}" if unit else str(int(n))
+
+    def binary(n):
+        unit, size = next(((u, s) for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)) if n >= s), ("B", 1))
+        return f"{n / size:.2f} {unit}" if unit != "B" else (f"{n:.1f} B" if n != int(n) else f"{int(n)} B")
+
+    return [point, "finished", count(expected["total_params"]), count(expected["active_params"]),
+            count(expected["train_flops_per_token"]), binary(expected["cache_bytes_per_token_4k"]),
+            binary(expected["cache_bytes_per_token_32k"]), f"{expected['final_train_loss']:,.4f}",
+            f"{expected['final_val_loss']:,.4f}", f"{expected['tokens_per_s']:,.0f}", f"{expected['peak_memory_gb']:.2f} GB"]
+
+
 def check_report(sweep_dir: Path, finished_points) -> dict:
-    """The report's JSON equals the independent numbers, its Markdown shows the same cells, its PNGs exist."""
-    from launch.report import COLUMNS, PLOTS, cells
+    """The report's JSON equals the independent numbers, its Markdown shows them as written out in
+    expected_cells, its PNGs exist."""
+    from launch.report import COLUMNS, PLOTS
 
     report = json.loads((sweep_dir / "report.json").read_text())
     rows = {row["point"]: row for row in report["rows"]}
@@ -55,9 +73,10 @@ def check_report(sweep_dir: Path, finished_points) -> dict:
     for point in finished_points:
         row = rows[point]
         assert row["status"] == "finished", row
-        for key, value in expected_row(sweep_dir / point).items():
+        expected = expected_row(sweep_dir / point)
+        for key, value in expected.items():
             assert row[key] == value, (point, key, row[key], value)
-        assert table[point][:len(COLUMNS)] == cells(row)
+        assert table[point][:len(COLUMNS)] == expected_cells(point, expected)
     for name in PLOTS:
         assert (sweep_dir / name).stat().st_size > 1000, name
         assert (sweep_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,8 +2,8 @@
 
 Hooks, each called as `hook(trainer, ...)` on every callback in order (all optional):
     on_train_start     before the first step
-    on_step(result)    after each step: its figures (loss, grad norm, lr, statistics), or None when it was
-                       skipped (a non-finite loss); trainer.progress.step counts the steps taken
+    on_step(result)    after each step (a StepResult: its tokens and figures; figures None when it was
+                       skipped for a non-finite loss); trainer.progress.step counts the steps taken
     on_train_end       after the loop (finished, or stopped on request)
     close()            at the end of the process, also after an error
 The default set, in order: console + metrics file + W&B at `trainer.log_every` (tokens/s, MFU, memory),
@@ -14,8 +14,6 @@ exit 0), the final model folder, and the closing summary.
 
 import shutil
 import signal
-from dataclasses import dataclass, field
-from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -29,30 +27,13 @@ from train.model.folder import model_from_state_dict
 from train.model.summary import summarize
 from train.parallel.expert import gathered_experts
 from train.parallel.fsdp import DTYPES
+from train.progress import StepResult
 from train.stages import tokenizer_folder
-
-
-@dataclass
-class Progress:
-    """The trainer's progress (checkpointed): optimizer steps taken, tokens trained on, and the run of
-    skipped steps; `last` holds the latest figures and `step_tokens` the tokens of the current step."""
-
-    step: int = 0
-    tokens_seen: int = 0
-    skipped_in_a_row: int = 0
-    step_tokens: int = 0
-    last: Dict[str, float] = field(default_factory=dict)
-
-    def state_dict(self) -> Dict[str, int]:
-        return {"step": self.step, "tokens_seen": self.tokens_seen}
-
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
 
 
 class Callback:
     def on_train_start(self, trainer) -> None: ...
-    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None: ...
+    def on_step(self, trainer, result: StepResult) -> None: ...
     def on_train_end(self, trainer) -> None: ...
     def close(self) -> None: ...
 
@@ -74,13 +55,13 @@ class LogMetrics(Callback):
                     f"{cfg.trainer.global_batch_size} samples of up to {cfg.data.seq_len} tokens per step")
         self.throughput.reset()
 
-    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None:
-        self.throughput.add(trainer.progress.step_tokens)  # a skipped step's time and tokens count too
+    def on_step(self, trainer, result: StepResult) -> None:
+        self.throughput.add(result.tokens)  # a skipped step's time and tokens count too
         step = trainer.progress.step
-        if result is None or (step % self.every and step != self.max_steps):
+        if not result.taken or (step % self.every and step != self.max_steps):
             return
         rate, mfu = self.throughput.read()
-        record = {"step": step, **result, "tokens_per_s": rate, "mfu": mfu, "tokens_seen": trainer.progress.tokens_seen,
+        record = {"step": step, **result.figures, "tokens_per_s": rate, "mfu": mfu, "tokens_seen": trainer.progress.tokens_seen,
                   "memory_gb": memory_gb(trainer.world.device)}
         self.logger.log(record)
         trainer.say(format_line(record, self.max_steps))
@@ -92,9 +73,9 @@ class Validate(Callback):
     def __init__(self, trainer, logger: MetricsLogger):
         self.logger, self.every, self.max_steps = logger, trainer.config.trainer.val_every, trainer.config.trainer.max_steps
 
-    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None:
+    def on_step(self, trainer, result: StepResult) -> None:
         step = trainer.progress.step
-        if result is None or not ((self.every and step % self.every == 0) or step == self.max_steps):
+        if not result.taken or not ((self.every and step % self.every == 0) or step == self.max_steps):
             return
         evaluation = trainer.validate()
         trainer.progress.last.update(evaluation)
@@ -116,7 +97,7 @@ class StopRequests(Callback):
         self.signalled = True
         trainer.say(f"received {signal.Signals(signum).name}: finishing this step, then checkpointing and exiting")
 
-    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None:
+    def on_step(self, trainer, result: StepResult) -> None:
         """Whether any rank got a signal, or rank 0 found the stop file (one stat per step, on one rank)."""
         asked = self.signalled or (trainer.world.is_main and self.stop_file.exists())
         flag = torch.tensor([float(asked)], device=trainer.world.device)
@@ -133,8 +114,8 @@ class Checkpoints(Callback):
     def __init__(self, trainer):
         self.every = trainer.config.checkpoint.every
 
-    def on_step(self, trainer, result: Optional[Dict[str, float]]) -> None:
-        if result is not None and self.every and trainer.progress.step % self.every == 0:
+    def on_step(self, trainer, result: StepResult) -> None:
+        if result.taken and self.every and trainer.progress.step % self.every == 0:
             trainer.checkpointer.save(trainer.progress.step)
         if trainer.stop_requested:
             trainer.checkpointer.save(trainer.progress.step)

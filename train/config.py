@@ -168,7 +168,7 @@ class ModelFolderArgs:
         if self.checkpoint is not None:
             warnings.warn("checkpoint= is now model_dir=; the old key will be removed in the next release",
                           FutureWarning, stacklevel=2)
-            self.model_dir, self.checkpoint = self.model_dir or self.checkpoint, None
+            self.model_dir, self.checkpoint = self.checkpoint, None
 
 
 def compose_train_config(overrides: List[str]) -> TrainConfig:

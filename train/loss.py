@@ -9,7 +9,8 @@ the matmul count equals the unfused version's while peak memory drops from N*V t
 
 import torch
 
-IGNORE = -100  # target id that contributes no loss (padding, prompt tokens in SFT)
+from data.chat.template import IGNORE  # the label of a token that contributes no loss (padding, prompts)
+
 
 
 def _chunk_log_probs(hidden_nD, weight_VD, targets_n):

@@ -10,14 +10,14 @@ sharding are train/parallel/'s.
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from train import stages
 from train.batch_plan import batch_plan
-from train.callbacks import Progress, default_callbacks
+from train.callbacks import default_callbacks
 from train.checkpoint import Checkpointer, ModelState, OptimizerState
 from train.config import TrainConfig
 from train.data_loader import DataStream, to_device, validation_batches
@@ -27,6 +27,7 @@ from train.parallel.dims import ParallelDims
 from train.parallel.fsdp import parallelize
 from train.parallel.grad_norm import clip_grad_norm
 from train.parallel.world import World, all_reduce_sum, init_world
+from train.progress import Progress, StepResult
 
 
 class NonFiniteLoss(RuntimeError):
@@ -40,7 +41,7 @@ class Trainer:
         self.world: World = init_world(config.parallel)
         if config.trainer.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.dims = ParallelDims.build(config.parallel, self.world)
+        self.dims = ParallelDims.build(config.parallel, self.world, config.model)
         self.run_dir = config.run_dir
         self.data = stages.stage_data(self.stage, config)
         self.say(f"data: {self.data.report}")
@@ -89,12 +90,11 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
-    def train_step(self, micro_batches: List[Dict[str, torch.Tensor]]) -> Optional[Dict[str, float]]:
-        """One optimizer step; its figures (loss, grad norm, lr, statistics), or None when it was skipped."""
+    def train_step(self, micro_batches: List[Dict[str, torch.Tensor]]) -> StepResult:
+        """One optimizer step: its tokens and figures (loss, grad norm, lr, statistics; None when skipped)."""
         device = self.world.device
         local = [sum(self.objective.count(b) for b in micro_batches), sum(b["inputs"].numel() for b in micro_batches)]
         global_count, tokens = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device)).tolist()
-        self.progress.step_tokens = int(tokens)
         # FSDP averages gradients over the dp ranks, so scale each rank's sum by ranks / global count.
         scale = self.dims.dp_size / global_count
         total, aux_total, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
@@ -111,7 +111,7 @@ class Trainer:
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             self.skip_nonfinite(loss, grad_norm)
-            return None
+            return StepResult(int(tokens), None)
         self.progress.skipped_in_a_row = 0
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()  # the router-bias update runs first, as a pre-step hook (train/optim.py)
@@ -122,7 +122,7 @@ class Trainer:
         if self.router_loads.layer_ids:
             result["aux_loss"] = (all_reduce_sum(aux_total) / self.world.size).item()
             result.update(self.router_loads.metrics())
-        return result
+        return StepResult(int(tokens), result)
 
     def skip_nonfinite(self, loss: float, grad_norm: float) -> None:
         """Count a non-finite step; stop when trainer.nonfinite=stop or too many came in a row."""
@@ -165,10 +165,10 @@ class Trainer:
         self.callback("on_train_start")
         while self.progress.step < self.config.trainer.max_steps and not self.stop_requested:
             result = self.train_step(self.stream.next_step(self.plan.accumulation, self.progress.step + 1))
-            if result is not None:
+            if result.taken:
                 self.progress.step += 1
-                self.progress.tokens_seen += self.progress.step_tokens
-                self.progress.last = dict(result)
+                self.progress.tokens_seen += result.tokens
+                self.progress.last = dict(result.figures)
             self.callback("on_step", result)
         self.callback("on_train_end")
         return self.progress.last

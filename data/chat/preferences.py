@@ -140,7 +140,7 @@ class PreferenceBatch:
 def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int, multiple_of: int = 1, max_length: int = 0) -> PreferenceBatch:
     """Right-padded to one length L for both sides, so chosen and rejected can run as one [2B, L] batch;
     L rounded up to a multiple of `multiple_of` (at most `max_length`, when given): few distinct shapes,
-    since CPU bf16 kernels (oneDNN matmul, flash attention) cache per shape and memory grew with every new L."""
+    since kernels cache per shape (docs/notes.md, "Padding DPO batches")."""
     longest = max(max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs)
     length = -(-longest // multiple_of) * multiple_of
     length = max(longest, min(length, max_length)) if max_length else length

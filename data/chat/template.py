@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 
 from data.errors import DataError
 
-IGNORE = -100  # the label of a token that gets no loss; the same value as train.loss.IGNORE
+IGNORE = -100  # the label of a token that gets no loss (prompts, padding); PyTorch's ignore_index
 ROLES = ("system", "user", "assistant")
 END_OF_TURN = "<|end_of_turn|>"
 # Reserved as special tokens by data/tokenizer.py, so that SFT and DPO need no resizing of the embedding.

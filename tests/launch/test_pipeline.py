@@ -1,5 +1,8 @@
 """The whole pipeline in one command, shortened: every stage runs, the summary reports, a re-run skips."""
 
+import json
+import math
+import re
 import subprocess
 import sys
 
@@ -17,12 +20,36 @@ def pipeline(out, *extra):
                           capture_output=True, text=True, timeout=900)
 
 
+def table_rows(markdown: str) -> list:
+    """The cells of every Markdown table row that is not a header or a separator."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines() if line.startswith("| ")]
+    return [r for r in rows if r[0] not in ("stage", "passkey")]
+
+
+def final_record(run_dir) -> dict:
+    """The last value of every metric the run logged."""
+    last = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        last.update(json.loads(line))
+    return last
+
+
 def test_pipeline_runs_every_stage_then_skips_them(tmp_path):
     result = pipeline(tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = (tmp_path / "pipeline_summary.md").read_text()
-    for stage in ("pretrain", "midtrain", "sft", "dpo"):
-        assert f"| {stage} |" in summary and (tmp_path / "runs" / stage / "model" / "model.safetensors").is_file()
+    rows = {cells[0]: cells[1:] for cells in table_rows(summary)}
+    for stage, steps in (("pretrain", 8), ("midtrain", 2), ("sft", 4), ("dpo", 4)):
+        train_loss, val_loss, logged_steps = rows[stage]
+        last = final_record(tmp_path / "runs" / stage)
+        assert float(train_loss) == pytest.approx(last["loss"], abs=5e-5) and math.isfinite(float(train_loss))
+        assert float(val_loss) == pytest.approx(last["val_loss"], abs=5e-5) and math.isfinite(float(val_loss))
+        assert int(logged_steps) == steps and (tmp_path / "runs" / stage / "model" / "model.safetensors").is_file()
+    for label in ("before YaRN", "after YaRN"):
+        assert len(rows[label]) == 3 and all(0.0 <= float(v) <= 1.0 for v in rows[label])
+    accuracy, margin = re.search(r"reward accuracy ([\d.]+), margin (-?[\d.]+)", summary).groups()
+    dpo = final_record(tmp_path / "runs" / "dpo")
+    assert float(accuracy) == pytest.approx(dpo["val_reward_accuracy"], abs=5e-4) and math.isfinite(float(margin))
     assert "| before YaRN |" in summary and "| after YaRN |" in summary and "1x | 2x | 4x" in summary
     assert "DPO on held-out pairs: reward accuracy" in summary
     assert "- before SFT:" in summary and "- after DPO:" in summary

@@ -40,14 +40,14 @@ def test_ffn_sweep_on_one_process(tmp_path, prepared_data):
 
 
 def test_failed_point_is_reported_and_rerun_skips_finished(tmp_path, prepared_data):
-    # micro-batch 3 does not divide the global batch of 8 over 2 ranks: the trainer stops at start-up
-    args = ["sweep=attention", "--points=mqa", "--retries=1", "trainer.micro_batch_size=4,3",
+    # a micro-batch of 0 sequences: the trainer stops at start-up
+    args = ["sweep=attention", "--points=mqa", "--retries=1", "trainer.micro_batch_size=4,0",
             "logging.wandb.mode=offline"]
     result = sweep(tmp_path, prepared_data, *args)
     assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-4000:]
-    good, bad = "mqa_micro_batch_size-4", "mqa_micro_batch_size-3"
+    good, bad = "mqa_micro_batch_size-4", "mqa_micro_batch_size-0"
     rows = check_report(tmp_path, [good])
-    reason = "ValueError: trainer.global_batch_size=8 is not a multiple of trainer.micro_batch_size=3"
+    reason = "ValueError: trainer.global_batch_size=8 and trainer.micro_batch_size=0 must be at least 1"
     assert rows[bad]["status"] == "failed" and rows[bad]["attempts"] == 2 and rows[bad]["reason"].startswith(reason)
     assert f"- `{bad}` failed after 2 attempt(s): {reason}" in (tmp_path / "report.md").read_text()
     assert rows[bad]["total_params"] == rows[good]["total_params"]  # the planned architecture, from sweep.json

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 from train.model import load_preset
 from train.model.summary import summarize

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from train.config import ParallelConfig
+from train.model.config import ModelConfig
 from train.parallel.world import World
 
 
@@ -42,11 +43,12 @@ class ParallelDims:
     groups: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, config: ParallelConfig, world: World) -> "ParallelDims":
+    def build(cls, config: ParallelConfig, world: World, model: ModelConfig) -> "ParallelDims":
         replicate = config.dp_replicate
         shard = config.dp_shard if config.dp_shard > 0 else world.size // max(1, replicate)
         dims = cls(replicate, shard, config.ep, world.size, world.device.type)
         dims.validate()
+        dims.check_model(model)
         dims.create()
         return dims
 
@@ -62,6 +64,19 @@ class ParallelDims:
         if self.ep < 1 or self.dp_size % self.ep:
             raise ValueError(f"parallel.ep={self.ep} must be >= 1 and divide the data-parallel size {self.dp_size} "
                              f"(parallel.dp_replicate x parallel.dp_shard)")
+
+    def check_model(self, model: ModelConfig) -> None:
+        """What the model must allow for this layout, checked before any group is made."""
+        if self.ep > 1:
+            experts = [f.moe.num_experts for name, f in model.ffns.items() if f.kind == "moe"
+                       and (name in model.layer_ffns or name == model.shortcut_moe)]
+            if not experts:
+                raise ValueError(f"parallel.ep={self.ep} needs a model with MoE layers; this model has none "
+                                 "(use parallel.ep=1)")
+            uneven = sorted({e for e in experts if e % self.ep})
+            if uneven:
+                raise ValueError(f"{uneven[0]} experts cannot be split over parallel.ep={self.ep} ranks; "
+                                 f"use an ep that divides it")
 
     def create(self) -> None:
         world_mesh = init_device_mesh(self.device_type, (self.dp_replicate, self.dp_shard),

@@ -81,12 +81,9 @@ def test_truncation_and_last_turn_only(saved):
     assert last[first_reply_end:] == full_labels[first_reply_end:]
 
 
-def test_ignore_is_the_trainers_and_bad_input_is_named(saved):
+def test_bad_input_is_named(saved):
     from tokenizers import Tokenizer, models
 
-    from train.loss import IGNORE as TRAIN_IGNORE
-
-    assert IGNORE == TRAIN_IGNORE
     tokenizer, _ = saved
     with pytest.raises(DataError, match="unknown role 'tool'"):
         encode_conversation(tokenizer, [{"role": "tool", "content": "x"}])

@@ -4,7 +4,6 @@ load_model of a save_pretrained directory, and exports loaded back by transforme
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch

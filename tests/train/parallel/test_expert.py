@@ -32,13 +32,15 @@ def run(worker, world: int, *args):
 def setup(rank, world, port, ep=1):
     """The process group and the meshes of `ep`-way expert parallelism over `world` ranks."""
     from train.config import ParallelConfig
+    from train.model import load_preset
     from train.parallel.dims import ParallelDims
     from train.parallel.world import World
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    return ParallelDims.build(ParallelConfig(ep=ep), World(rank, rank, world, torch.device("cpu")))
+    return ParallelDims.build(ParallelConfig(ep=ep), World(rank, rank, world, torch.device("cpu")),
+                              load_preset("qwen3_moe_tiny"))
 
 
 def sharp_model(capacity_factor=None):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from train.model import build_model
+from train.model import build_model, load_preset
 from train.parallel.dims import ParallelDims
 from train.parallel.expert import apply_expert_parallel
 from tests.train_helpers import losses, metrics, run_training
@@ -130,5 +130,9 @@ def test_expert_parallel_settings_are_checked():
         ParallelDims(1, 4, 3, 4, "cpu").validate()
     with pytest.raises(ValueError, match=r"parallel.dp_replicate=2 x parallel.dp_shard=3 != world size 4"):
         ParallelDims(2, 3, 1, 4, "cpu").validate()
+    with pytest.raises(ValueError, match=r"parallel.ep=2 needs a model with MoE layers"):
+        ParallelDims(1, 2, 2, 2, "cpu").check_model(load_preset("llama3_tiny"))
+    with pytest.raises(ValueError, match=r"8 experts cannot be split over parallel.ep=3"):
+        ParallelDims(1, 3, 3, 3, "cpu").check_model(load_preset("qwen3_moe_tiny"))
     with pytest.raises(ValueError, match=r"parallel.ep=2 needs a model with MoE layers"):
         apply_expert_parallel(dense, ParallelDims(1, 2, 2, 2, "cpu"))
