@@ -49,7 +49,7 @@ def test_pipeline_runs_every_stage_then_skips_them(tmp_path):
         assert len(rows[label]) == 3 and all(0.0 <= float(v) <= 1.0 for v in rows[label])
     accuracy, margin = re.search(r"reward accuracy ([\d.]+), margin (-?[\d.]+)", summary).groups()
     dpo = final_record(tmp_path / "runs" / "dpo")
-    assert float(accuracy) == pytest.approx(dpo["val_reward_accuracy"], abs=5e-4) and math.isfinite(float(margin))
+    assert float(accuracy) == pytest.approx(dpo["val_reward_accuracy"], abs=6e-4) and math.isfinite(float(margin))  # 3 decimals
     assert "| before YaRN |" in summary and "| after YaRN |" in summary and "1x | 2x | 4x" in summary
     assert "DPO on held-out pairs: reward accuracy" in summary
     assert "- before SFT:" in summary and "- after DPO:" in summary
