@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from train.model import build_model
-from train.model.transformer import document_positions
+from train.model.documents import Documents
 
 CASES = {
     "llama3_rope": ("llama3_tiny", {}),
@@ -34,6 +34,15 @@ def test_packed_documents_equal_separate_runs(name):
         assert not torch.allclose(packed_BTV[0], model(ids_BT[:1])[0], atol=1e-3)  # documents matter
 
 
-def test_document_positions_restart_at_each_document():
-    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 2, 3, 3]])
-    assert document_positions(doc_ids).tolist() == [[0, 1, 2, 0, 1, 0, 0, 1]]
+def test_document_positions_and_resets_restart_at_each_document():
+    documents = Documents(torch.tensor([[0, 0, 0, 1, 1, 2, 3, 3]]))
+    assert documents.positions_BT.tolist() == [[0, 1, 2, 0, 1, 0, 0, 1]]
+    assert documents.resets_BT.tolist() == [[False, False, False, True, False, True, True, False]]
+
+
+def test_a_mask_is_built_once_per_forward_and_window():
+    documents = Documents(torch.tensor([[0, 0, 1, 1, 1]]))
+    mask = documents.dense_mask(window=2)
+    assert documents.dense_mask(window=2) is mask and documents.dense_mask() is not mask
+    naive = [[k <= q and q - k < 2 and (k >= 2) == (q >= 2) for k in range(5)] for q in range(5)]
+    assert mask[0, 0].tolist() == naive

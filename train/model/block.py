@@ -25,11 +25,11 @@ class Block(nn.Module):
             self.ffn_norm = build_norm(config.norm, config.dim)
             self.ffn = build_ffn(ffn_config, config, layer_idx)
 
-    def mix(self, x_BTD, positions_BT, doc_ids_BT=None, cache=None):
-        return x_BTD + self.mixer(self.mixer_norm(x_BTD), positions_BT, doc_ids_BT, cache)
+    def mix(self, x_BTD, positions_BT, documents=None, cache=None):
+        return x_BTD + self.mixer(self.mixer_norm(x_BTD), positions_BT, documents, cache)
 
-    def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache=None):
-        x_BTD = self.mix(x_BTD, positions_BT, doc_ids_BT, cache)
+    def forward(self, x_BTD, positions_BT, documents=None, cache=None):
+        x_BTD = self.mix(x_BTD, positions_BT, documents, cache)
         return x_BTD if self.ffn is None else x_BTD + self.ffn(self.ffn_norm(x_BTD))
 
 
@@ -40,10 +40,10 @@ class ShortcutMoEBlock(nn.Module):
         self.blocks = nn.ModuleList(Block(config, 2 * layer_idx + i) for i in range(2))
         self.moe = build_ffn(moe_config, config, layer_idx)
 
-    def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache=None):
+    def forward(self, x_BTD, positions_BT, documents=None, cache=None):
         first, second = self.blocks
-        x_BTD = first.mix(x_BTD, positions_BT, doc_ids_BT, cache)
+        x_BTD = first.mix(x_BTD, positions_BT, documents, cache)
         normed_BTD = first.ffn_norm(x_BTD)
         shortcut_BTD = self.moe(normed_BTD)
-        x_BTD = second(x_BTD + first.ffn(normed_BTD), positions_BT, doc_ids_BT, cache)
+        x_BTD = second(x_BTD + first.ffn(normed_BTD), positions_BT, documents, cache)
         return x_BTD + shortcut_BTD

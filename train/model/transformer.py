@@ -21,6 +21,7 @@ from torch import nn
 
 from train.model.block import Block, ShortcutMoEBlock
 from train.model.config import ModelConfig, check_model_config
+from train.model.documents import Documents
 from train.model.kv_cache import KVCache
 from train.model.moe.layer import MoE
 from train.model.norm import GatedRMSNorm, LayerNorm, RMSNorm, build_norm
@@ -29,16 +30,6 @@ from train.model.position import build_additive_position
 # Linear layers that write into the residual stream get std / sqrt(2 * num_layers) at init
 # (GPT-2 paper sec. 2.3), so the residual variance does not grow with depth.
 RESIDUAL_PROJECTIONS = ("o_proj", "down_proj", "out_proj")
-
-
-def document_positions(doc_ids_BT: torch.Tensor) -> torch.Tensor:
-    """Position of each token inside its document: index minus the index of the document start."""
-    B, T = doc_ids_BT.shape
-    index_BT = torch.arange(T, device=doc_ids_BT.device).expand(B, T)
-    is_start_BT = torch.ones_like(doc_ids_BT, dtype=torch.bool)
-    is_start_BT[:, 1:] = doc_ids_BT[:, 1:] != doc_ids_BT[:, :-1]
-    start_BT = torch.where(is_start_BT, index_BT, 0).cummax(dim=1).values
-    return index_BT - start_BT
 
 
 class Transformer(nn.Module):
@@ -62,15 +53,16 @@ class Transformer(nn.Module):
         """Final normed hidden states [B, T, D]."""
         B, T = input_ids_BT.shape
         start = 0 if cache is None else cache.length
-        if doc_ids_BT is not None:
-            positions_BT = document_positions(doc_ids_BT)
+        documents = None if doc_ids_BT is None else Documents(doc_ids_BT)
+        if documents is not None:
+            positions_BT = documents.positions_BT
         else:
             positions_BT = torch.arange(start, start + T, device=input_ids_BT.device).expand(B, T)
         x_BTD = self.embed(input_ids_BT)
         if self.position is not None:
             x_BTD = x_BTD + self.position(positions_BT).to(x_BTD.dtype)
         for layer in self.layers:
-            x_BTD = layer(x_BTD, positions_BT, doc_ids_BT, cache)
+            x_BTD = layer(x_BTD, positions_BT, documents, cache)
         if cache is not None:
             cache.advance(T)
         return self.final_norm(x_BTD)

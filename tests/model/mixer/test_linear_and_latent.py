@@ -10,6 +10,7 @@ from train.model import build_model, generate
 from train.model.kv_cache import KVCache
 from train.model.mixer.delta_rule import chunked_delta_rule, recurrent_delta_rule
 from train.model.mixer.linear_scan import chunked_linear_attention, recurrent_linear_attention
+from train.model.documents import Documents
 from tests.model_helpers import assert_cached_decoding_equals_full
 
 LINEAR_ATTENTION = {"mixers.full": {"kind": "linear_attention", "linear_attention": {"num_heads": 4, "chunk_size": 8}}}
@@ -96,9 +97,9 @@ def test_mixer_chunked_equals_recurrent_with_documents(name):
     model = random_model(name)
     mixer = model.layers[0].mixer
     x_BTD = torch.randn(2, 30, 64)
-    doc_ids_BT = torch.tensor([[0] * 7 + [1] + [2] * 22, [0] * 30])
+    documents = Documents(torch.tensor([[0] * 7 + [1] + [2] * 22, [0] * 30]))
     with torch.no_grad():
-        for docs in (None, doc_ids_BT):
+        for docs in (None, documents):
             chunked, recurrent = mixer(x_BTD, None, docs), mixer(x_BTD, None, docs, recurrent=True)
             assert chunked.std() > 1e-3
             torch.testing.assert_close(chunked, recurrent, atol=1e-5, rtol=1e-5)

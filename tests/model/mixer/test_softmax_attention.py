@@ -8,6 +8,7 @@ import torch
 
 from train.model import build_model
 from train.model.config import AttentionConfig, MixerConfig, ModelConfig, PositionConfig
+from train.model.documents import Documents
 from train.model.mixer.softmax_attention import SoftmaxAttention
 
 
@@ -46,7 +47,7 @@ def test_attention_matches_naive_reference(num_kv_heads, window, sinks):
     positions_BT = torch.arange(9).expand(2, 9)
     with torch.no_grad():
         expected = naive_attention(module, x_BTD, doc_ids_BT)
-        torch.testing.assert_close(module(x_BTD, positions_BT, doc_ids_BT), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(module(x_BTD, positions_BT, Documents(doc_ids_BT)), expected, atol=1e-5, rtol=1e-5)
         if not sinks and window is None:  # the fused is_causal path, no documents
             torch.testing.assert_close(module(x_BTD[1:], positions_BT[1:]), expected[1:], atol=1e-5, rtol=1e-5)
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.model.documents import Documents
+
 
 class CausalConv1d(nn.Conv1d):
     def __init__(self, channels: int, kernel: int, bias: bool):
@@ -19,7 +21,7 @@ class CausalConv1d(nn.Conv1d):
     def state_bytes(self, dtype: torch.dtype) -> int:
         return self.in_channels * (self.kernel_size[0] - 1) * dtype.itemsize
 
-    def forward(self, x_BTC, doc_ids_BT=None, state_BCk=None):
+    def forward(self, x_BTC, documents: Documents | None = None, state_BCk=None):
         """Returns silu(conv(x)) [B, T, C] and the new state [B, C, kernel-1] (the last inputs)."""
         B, T, C = x_BTC.shape
         K = self.kernel_size[0]
@@ -27,11 +29,12 @@ class CausalConv1d(nn.Conv1d):
             state_BCk = x_BTC.new_zeros(B, C, K - 1)
         ext_BCL = torch.cat([state_BCk.to(x_BTC.dtype), x_BTC.transpose(1, 2)], dim=-1)  # L = K - 1 + T
         new_state_BCk = ext_BCL[..., ext_BCL.shape[-1] - (K - 1) :]
-        if doc_ids_BT is None:
+        if documents is None:
             y_BCT = F.conv1d(ext_BCL, self.weight, self.bias, groups=C)
         else:
             # window t holds inputs t-K+1 .. t; drop the taps from another document
             windows_BCTK = ext_BCL.unfold(-1, K, 1)
+            doc_ids_BT = documents.doc_ids_BT
             docs_BTK = F.pad(doc_ids_BT, (K - 1, 0), value=-1).unfold(-1, K, 1)
             same_B1TK = (docs_BTK == doc_ids_BT[..., None])[:, None]
             y_BCT = torch.einsum("bctk,ck->bct", windows_BCTK * same_B1TK, self.weight[:, 0])

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.config import MixerConfig, ModelConfig
+from train.model.documents import Documents, check_no_documents_with_cache
 from train.model.kv_cache import KVCache
 from train.model.mixer.causal_conv import CausalConv1d
 from train.model.mixer.delta_rule import chunked_delta_rule, recurrent_delta_rule
-from train.model.mixer.linear_scan import check_no_documents_with_cache, document_resets
 from train.model.norm import GatedRMSNorm
 from train.model.registry import register_mixer
 
@@ -66,14 +66,15 @@ class GatedDeltaNet(nn.Module):
         Hv = self.num_v_heads
         return q, k, v.reshape(B, T, Hv, V), z.reshape(B, T, Hv, V), b.reshape(B, T, Hv), a.reshape(B, T, Hv)
 
-    def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache: KVCache | None = None, recurrent: bool = False):
-        check_no_documents_with_cache(doc_ids_BT, cache)
+    def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None,
+                recurrent: bool = False):
+        check_no_documents_with_cache(documents, cache)
         B, T, _ = x_BTD.shape
         Hk, Hv, K, V = self.num_k_heads, self.num_v_heads, self.k_dim, self.v_dim
         q, k, v, z_BTHV, b_BTH, a_BTH = self.split_heads(x_BTD)
         qkv_BTC = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], dim=-1)
         conv_state = None if cache is None else cache.get_state(self.layer_idx, "conv")
-        qkv_BTC, conv_state = self.conv1d(qkv_BTC, doc_ids_BT, conv_state)
+        qkv_BTC, conv_state = self.conv1d(qkv_BTC, documents, conv_state)
         q_BTHK, k_BTHK, v_BTHV = qkv_BTC.split([Hk * K, Hk * K, Hv * V], dim=-1)
         q_BTHK, k_BTHK = l2_normalize(q_BTHK.view(B, T, Hk, K).float()), l2_normalize(k_BTHK.view(B, T, Hk, K).float())
         q_BTHK = q_BTHK.repeat_interleave(Hv // Hk, dim=2) / math.sqrt(K)
@@ -82,7 +83,7 @@ class GatedDeltaNet(nn.Module):
         log_decay_BTH = -self.A_log.float().exp() * F.softplus(a_BTH.float() + self.dt_bias.float())
         args = [t.transpose(1, 2) for t in (q_BTHK, k_BTHK, v_BTHV.view(B, T, Hv, V), log_decay_BTH, beta_BTH)]
         state = None if cache is None else cache.get_state(self.layer_idx, "recurrent")
-        reset_BT = document_resets(doc_ids_BT)
+        reset_BT = None if documents is None else documents.resets_BT
         if recurrent or (cache is not None and T == 1):
             y_BHTV, state = recurrent_delta_rule(*args, reset_BT, state)
         else:

@@ -14,13 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.config import MixerConfig, ModelConfig
+from train.model.documents import Documents, check_no_documents_with_cache
 from train.model.kv_cache import KVCache
-from train.model.mixer.linear_scan import (
-    check_no_documents_with_cache,
-    chunked_linear_attention,
-    document_resets,
-    recurrent_linear_attention,
-)
+from train.model.mixer.linear_scan import chunked_linear_attention, recurrent_linear_attention
 from train.model.registry import register_mixer
 
 
@@ -35,15 +31,16 @@ class LinearAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(D, H * K, bias=False) for _ in range(3))
         self.o_proj = nn.Linear(H * K, D, bias=False)
 
-    def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache: KVCache | None = None, recurrent: bool = False):
-        check_no_documents_with_cache(doc_ids_BT, cache)
+    def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None,
+                recurrent: bool = False):
+        check_no_documents_with_cache(documents, cache)
         B, T, _ = x_BTD.shape
         H, K = self.num_heads, self.head_dim
         q_BHTK, k_BHTK, v_BHTK = (p(x_BTD).view(B, T, H, K).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         q_BHTK, k_BHTK = F.elu(q_BHTK.float()) + 1, F.elu(k_BHTK.float()) + 1
         v1_BHTV = torch.cat([v_BHTK.float(), v_BHTK.new_ones(B, H, T, 1, dtype=torch.float32)], dim=-1)
         state = None if cache is None else cache.get_state(self.layer_idx, "recurrent")
-        reset_BT = document_resets(doc_ids_BT)
+        reset_BT = None if documents is None else documents.resets_BT
         if recurrent or (cache is not None and T == 1):
             y_BHTV, state = recurrent_linear_attention(q_BHTK, k_BHTK, v1_BHTV, None, reset_BT, state)
         else:

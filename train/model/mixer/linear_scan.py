@@ -68,18 +68,3 @@ def chunked_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset_B
         ys.append(y_intra_BHNCV[:, :, n] + q_from_start[:, :, n] @ S_BHKV)
         S_BHKV = S_BHKV * chunk_decay[:, :, n, None, None] + k_to_end[:, :, n].transpose(-1, -2) @ v[:, :, n]
     return torch.cat(ys, dim=2)[:, :, :T], S_BHKV
-
-
-def document_resets(doc_ids_BT):
-    """True at each token that starts a new document after the first token of the row (the state
-    is zero there anyway), or None without documents."""
-    if doc_ids_BT is None:
-        return None
-    reset_BT = torch.zeros_like(doc_ids_BT, dtype=torch.bool)
-    reset_BT[:, 1:] = doc_ids_BT[:, 1:] != doc_ids_BT[:, :-1]
-    return reset_BT
-
-
-def check_no_documents_with_cache(doc_ids_BT, cache) -> None:
-    if doc_ids_BT is not None and cache is not None:
-        raise ValueError("doc_ids cannot be combined with a decoding cache (decode one document at a time)")

@@ -19,14 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.config import MixerConfig, ModelConfig
+from train.model.documents import Documents, check_no_documents_with_cache
 from train.model.kv_cache import KVCache
 from train.model.mixer.causal_conv import CausalConv1d
-from train.model.mixer.linear_scan import (
-    check_no_documents_with_cache,
-    chunked_linear_attention,
-    document_resets,
-    recurrent_linear_attention,
-)
+from train.model.mixer.linear_scan import chunked_linear_attention, recurrent_linear_attention
 from train.model.norm import GatedRMSNorm
 from train.model.registry import register_mixer
 
@@ -61,13 +57,14 @@ class Mamba2(nn.Module):
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.conv1d.reset_parameters()
 
-    def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache: KVCache | None = None, recurrent: bool = False):
-        check_no_documents_with_cache(doc_ids_BT, cache)
+    def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None,
+                recurrent: bool = False):
+        check_no_documents_with_cache(documents, cache)
         B, T, _ = x_BTD.shape
         H, P, N, G = self.num_heads, self.head_dim, self.state_size, self.num_groups
         z_BTI, xBC_BTC, dt_BTH = self.in_proj(x_BTD).split([self.inner, self.conv_dim, H], dim=-1)
         conv_state = None if cache is None else cache.get_state(self.layer_idx, "conv")
-        xBC_BTC, conv_state = self.conv1d(xBC_BTC, doc_ids_BT, conv_state)
+        xBC_BTC, conv_state = self.conv1d(xBC_BTC, documents, conv_state)
         x_BTI, B_BTGN, C_BTGN = xBC_BTC.split([self.inner, G * N, G * N], dim=-1)
         dt_BTH = F.softplus(dt_BTH.float() + self.dt_bias.float()).clamp(self.config.dt_limit_min, self.config.dt_limit_max)
         A_H = -self.A_log.float().exp()
@@ -75,7 +72,7 @@ class Mamba2(nn.Module):
         B_BHTN = B_BTGN.view(B, T, G, N).repeat_interleave(H // G, dim=2).transpose(1, 2).float()
         C_BHTN = C_BTGN.view(B, T, G, N).repeat_interleave(H // G, dim=2).transpose(1, 2).float()
         dt_BHT = dt_BTH.transpose(1, 2)
-        args = (C_BHTN, B_BHTN * dt_BHT[..., None], x_BHTP, dt_BHT * A_H[:, None], document_resets(doc_ids_BT))
+        args = (C_BHTN, B_BHTN * dt_BHT[..., None], x_BHTP, dt_BHT * A_H[:, None], None if documents is None else documents.resets_BT)
         state = None if cache is None else cache.get_state(self.layer_idx, "recurrent")
         if recurrent or (cache is not None and T == 1):
             y_BHTP, state = recurrent_linear_attention(*args, state)

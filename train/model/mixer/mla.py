@@ -25,6 +25,7 @@ from torch import nn
 
 from train.model.config import MixerConfig, ModelConfig
 from train.model.kv_cache import KVCache
+from train.model.documents import Documents
 from train.model.mixer.softmax_attention import attention_mask
 from train.model.norm import RMSNorm
 from train.model.position import ROTARY_KINDS
@@ -62,7 +63,7 @@ class MultiHeadLatentAttention(nn.Module):
         if model.position.kind == "yarn" and yarn.mscale_all_dim:
             self.scale *= _mscale(yarn.factor, yarn.mscale_all_dim) ** 2
 
-    def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache: KVCache | None = None):
+    def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None):
         B, T, _ = x_BTD.shape
         H, N, R = self.num_heads, self.nope_dim, self.rope_dim
         q_flat = self.q_proj(x_BTD) if self.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x_BTD)))
@@ -82,10 +83,10 @@ class MultiHeadLatentAttention(nn.Module):
         k_BHLK = torch.cat([k_nope_BLHN.transpose(1, 2), k_rope_B1LR.expand(B, H, L, R)], dim=-1)
         q_BHTK = torch.cat([q_nope_BTHN, q_rope_BTHR], dim=-1).transpose(1, 2)
         v_BHLV = v_BLHV.transpose(1, 2)
-        if doc_ids_BT is None and start == 0:
+        if documents is None and start == 0:
             y_BHTV = F.scaled_dot_product_attention(q_BHTK, k_BHLK, v_BHLV, is_causal=True, scale=self.scale)
         else:
-            mask_bHTL = attention_mask(T, L, start, doc_ids_BT, x_BTD.device)
+            mask_bHTL = attention_mask(T, L, start, documents, x_BTD.device)
             y_BHTV = F.scaled_dot_product_attention(q_BHTK, k_BHLK, v_BHLV, attn_mask=mask_bHTL, scale=self.scale)
         return self.o_proj(y_BHTV.transpose(1, 2).reshape(B, T, H * self.v_head_dim))
 

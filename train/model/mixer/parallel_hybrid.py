@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from train.model.config import MixerConfig, ModelConfig
+from train.model.documents import Documents
 from train.model.kv_cache import KVCache
 from train.model.registry import MIXERS, lookup, register_mixer
 
@@ -24,9 +25,9 @@ class ParallelHybrid(nn.Module):
         self.attention = lookup(MIXERS, "mixer", "softmax_attention")(attention_config, model, layer_idx)
         self.ssm = lookup(MIXERS, "mixer", "mamba2")(ssm_config, model, layer_idx)
 
-    def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache: KVCache | None = None):
-        attention_BTD = self.attention(x_BTD, positions_BT, doc_ids_BT, cache)
-        ssm_BTD = self.ssm(x_BTD, positions_BT, doc_ids_BT, cache)
+    def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None):
+        attention_BTD = self.attention(x_BTD, positions_BT, documents, cache)
+        ssm_BTD = self.ssm(x_BTD, positions_BT, documents, cache)
         return self.attention_multiplier * attention_BTD + self.ssm_multiplier * ssm_BTD
 
     def _both(self, method: str, *args) -> int:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.config import MixerConfig, ModelConfig
+from train.model.documents import Documents, causal_mask
 from train.model.kv_cache import KVCache
 from train.model.norm import build_norm
 from train.model.position import ROTARY_KINDS
@@ -19,20 +20,14 @@ from train.model.position.rope import Rotary
 from train.model.registry import register_mixer
 
 
-def attention_mask(T: int, L: int, start: int, doc_ids_BT, device, window: int | None = None) -> torch.Tensor:
-    """Boolean [b, 1, T, L] (b = B with documents, else 1): True where query t (at position start + t)
-    may see key l: causal, inside the window, and in the same document."""
-    q_idx_T1 = torch.arange(start, start + T, device=device)[:, None]
-    k_idx_1L = torch.arange(L, device=device)[None, :]
-    allowed_TL = k_idx_1L <= q_idx_T1
-    if window is not None:
-        allowed_TL = allowed_TL & (q_idx_T1 - k_idx_1L < window)
-    if doc_ids_BT is None:
-        return allowed_TL[None, None]
+def attention_mask(T: int, L: int, start: int, documents: Documents | None, device, window: int | None = None):
+    """Boolean [b, 1, T, L] (b = B with documents, else 1): True where query t (at position start + t) may
+    see key l: causal, inside the window, and in the same document (built once per forward and window)."""
+    if documents is None:
+        return causal_mask(T, L, start, device, window)[None, None]
     if L != T:
         raise ValueError("doc_ids cannot be combined with a KV cache (decode one document at a time)")
-    same_doc_BTL = doc_ids_BT[:, :, None] == doc_ids_BT[:, None, :]
-    return (allowed_TL & same_doc_BTL)[:, None]
+    return documents.dense_mask(window)
 
 
 @register_mixer("softmax_attention")
@@ -60,7 +55,7 @@ class SoftmaxAttention(nn.Module):
         self.rotary = Rotary(model.position, K) if model.position.kind in ROTARY_KINDS else None
         self.sinks = nn.Parameter(torch.zeros(H)) if attn.sinks else None
 
-    def forward(self, x_BTD, positions_BT, doc_ids_BT=None, cache: KVCache | None = None):
+    def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None):
         B, T, _ = x_BTD.shape
         if self.output_gate:
             q_BTHK, gate_BTHK = self.q_proj(x_BTD).view(B, T, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
@@ -77,16 +72,16 @@ class SoftmaxAttention(nn.Module):
         if cache is not None:
             start = cache.length
             k_BGLK, v_BGLK = cache.update(self.layer_idx, k_BGLK, v_BGLK)
-        y_BTHK = self.attend(q_BHTK, k_BGLK, v_BGLK, start, doc_ids_BT).transpose(1, 2)
+        y_BTHK = self.attend(q_BHTK, k_BGLK, v_BGLK, start, documents).transpose(1, 2)
         if self.output_gate:
             y_BTHK = y_BTHK * torch.sigmoid(gate_BTHK)
         return self.o_proj(y_BTHK.reshape(B, T, self.num_heads * self.head_dim))
 
-    def attend(self, q_BHTK, k_BGLK, v_BGLK, start: int, doc_ids_BT):
+    def attend(self, q_BHTK, k_BGLK, v_BGLK, start: int, documents: Documents | None):
         T, L = q_BHTK.shape[2], k_BGLK.shape[2]
-        if doc_ids_BT is None and self.window is None and self.sinks is None and start == 0:
+        if documents is None and self.window is None and self.sinks is None and start == 0:
             return F.scaled_dot_product_attention(q_BHTK, k_BGLK, v_BGLK, is_causal=True, enable_gqa=True)
-        mask_bHTL = self.mask(T, L, start, doc_ids_BT, q_BHTK.device)
+        mask_bHTL = attention_mask(T, L, start, documents, q_BHTK.device, self.window)
         if self.sinks is not None:
             # A sink is an extra key with logit sinks[h] and a zero value: it only adds exp(sink) to
             # the softmax denominator, as in GPT-OSS. Fed to SDPA as a float bias column.
@@ -98,9 +93,6 @@ class SoftmaxAttention(nn.Module):
             zeros_BG1K = k_BGLK.new_zeros(B, G, 1, K)
             k_BGLK, v_BGLK = torch.cat([k_BGLK, zeros_BG1K], 2), torch.cat([v_BGLK, zeros_BG1K], 2)
         return F.scaled_dot_product_attention(q_BHTK, k_BGLK, v_BGLK, attn_mask=mask_bHTL, enable_gqa=True)
-
-    def mask(self, T: int, L: int, start: int, doc_ids_BT, device) -> torch.Tensor:
-        return attention_mask(T, L, start, doc_ids_BT, device, self.window)
 
     def cache_bytes(self, context: int, dtype: torch.dtype) -> int:
         """Bytes of keys+values one sequence of `context` tokens keeps in this layer."""

@@ -1,0 +1,65 @@
+"""How a packed batch is split into documents, in every form a layer needs, each computed once per forward.
+
+A window of training data packs several documents back to back; `doc_ids_BT` [B, T] gives each token's
+document (numbered from 0 inside the window). Attention must stay inside a document, positions restart
+at each document start, and recurrent mixers reset their state there. `Transformer.hidden_states`
+wraps `doc_ids_BT` in one `Documents` for the forward and hands it to every layer, so what several
+layers need (positions, the reset flags, a mask for a given window) is derived once and shared, as
+torchtitan's decoder builds its attention masks once per forward.
+"""
+
+from functools import cached_property
+
+import torch
+
+
+class Documents:
+    def __init__(self, doc_ids_BT: torch.Tensor):
+        self.doc_ids_BT = doc_ids_BT
+        self.masks: dict = {}  # (kind, window) -> the mask, built on first use
+
+    @cached_property
+    def starts_BT(self) -> torch.Tensor:
+        """True where a document starts (always at t = 0)."""
+        starts_BT = torch.ones_like(self.doc_ids_BT, dtype=torch.bool)
+        starts_BT[:, 1:] = self.doc_ids_BT[:, 1:] != self.doc_ids_BT[:, :-1]
+        return starts_BT
+
+    @cached_property
+    def resets_BT(self) -> torch.Tensor:
+        """True at a document start after the first token: where a recurrent state is cleared."""
+        resets_BT = self.starts_BT.clone()
+        resets_BT[:, 0] = False
+        return resets_BT
+
+    @cached_property
+    def positions_BT(self) -> torch.Tensor:
+        """Position of each token inside its document: its index minus the index of its document's start."""
+        B, T = self.doc_ids_BT.shape
+        index_BT = torch.arange(T, device=self.doc_ids_BT.device).expand(B, T)
+        return index_BT - torch.where(self.starts_BT, index_BT, 0).cummax(dim=1).values
+
+    def dense_mask(self, window: int | None = None) -> torch.Tensor:
+        """Boolean [B, 1, T, T]: True where query t may see key l (causal, in the window, same document)."""
+        T = self.doc_ids_BT.shape[1]
+        key = ("dense", window)
+        if key not in self.masks:
+            same_doc_BTT = self.doc_ids_BT[:, :, None] == self.doc_ids_BT[:, None, :]
+            self.masks[key] = (causal_mask(T, T, 0, self.doc_ids_BT.device, window) & same_doc_BTT)[:, None]
+        return self.masks[key]
+
+
+def causal_mask(T: int, L: int, start: int, device, window: int | None = None) -> torch.Tensor:
+    """Boolean [T, L]: True where query t (at position start + t) may see key l: causal and in the window
+    (a query sees itself and the window-1 keys before it)."""
+    q_idx_T1 = torch.arange(start, start + T, device=device)[:, None]
+    k_idx_1L = torch.arange(L, device=device)[None, :]
+    allowed_TL = k_idx_1L <= q_idx_T1
+    if window is not None:
+        allowed_TL = allowed_TL & (q_idx_T1 - k_idx_1L < window)
+    return allowed_TL
+
+
+def check_no_documents_with_cache(documents, cache) -> None:
+    if documents is not None and cache is not None:
+        raise ValueError("doc_ids cannot be combined with a decoding cache (decode one document at a time)")
