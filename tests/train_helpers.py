@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common.paths import REPO
 from launch.local import torchrun_command
 
 PATCHED = str(Path(__file__).parent / "train" / "patched_train.py")
@@ -20,7 +21,8 @@ def run_training(run_dir: Path, data: str, *overrides: str, nproc: int = 1, faul
                  check: bool = True) -> subprocess.CompletedProcess:
     """`python -m train` (one process) or elastic torchrun with `nproc` ranks; `fault` injects a failure."""
     args = [f"out_dir={run_dir.parent}", f"run_name={run_dir.name}", f"data.path={data}", *FAST, *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT=fault)
+    # PYTHONPATH: the fault script runs from tests/train/, and must import this checkout, not an installed copy
+    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT=fault, PYTHONPATH=str(REPO))
     if nproc == 1 and not max_restarts:
         command = [sys.executable, PATCHED, *args]
     else:

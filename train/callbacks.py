@@ -2,8 +2,8 @@
 
 Hooks, each called as `hook(trainer, ...)` on every callback in order (all optional):
     on_train_start     before the first step
-    on_step(result)    after each step (a StepResult: its tokens and figures; figures None when it was
-                       skipped for a non-finite loss); trainer.progress.step counts the steps taken
+    on_step(result)    after each step (a StepResult: its tokens, whether it was taken, and at reporting
+                       steps its figures, train/progress.py); trainer.progress.step counts the steps taken
     on_train_end       after the loop (finished, or stopped on request)
     close()            at the end of the process, also after an error
 The default set, in order: console + metrics file + W&B at `trainer.log_every` (tokens/s, MFU, memory),
@@ -15,6 +15,7 @@ exit 0), the final model folder, and the closing summary.
 import shutil
 import signal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
@@ -43,7 +44,7 @@ class LogMetrics(Callback):
 
     def __init__(self, trainer, logger: MetricsLogger):
         config = trainer.config
-        self.logger, self.every, self.max_steps = logger, config.trainer.log_every, config.trainer.max_steps
+        self.logger, self.max_steps = logger, config.trainer.max_steps
         summary = summarize(config.model, context=config.data.seq_len, dtype=config.parallel.param_dtype)
         peak = peak_tflops(config.logging, trainer.world.device, DTYPES[config.parallel.param_dtype])
         self.throughput = Throughput(summary.flops_per_token, peak, trainer.world.size)
@@ -56,10 +57,10 @@ class LogMetrics(Callback):
         self.throughput.reset()
 
     def on_step(self, trainer, result: StepResult) -> None:
-        self.throughput.add(result.tokens)  # a skipped step's time and tokens count too
-        step = trainer.progress.step
-        if not result.taken or (step % self.every and step != self.max_steps):
+        self.throughput.add(result.tokens)  # a dropped step's time and tokens count too
+        if result.figures is None:  # not a reporting step (trainer.reports), or dropped
             return
+        step = trainer.progress.step
         rate, mfu = self.throughput.read()
         record = {"step": step, **result.figures, "tokens_per_s": rate, "mfu": mfu, "tokens_seen": trainer.progress.tokens_seen,
                   "memory_gb": memory_gb(trainer.world.device)}
@@ -99,13 +100,12 @@ class StopRequests(Callback):
 
     def on_step(self, trainer, result: StepResult) -> None:
         """Whether any rank got a signal, or rank 0 found the stop file (one stat per step, on one rank)."""
-        asked = self.signalled or (trainer.world.is_main and self.stop_file.exists())
-        flag = torch.tensor([float(asked)], device=trainer.world.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and trainer.world.is_main and self.stop_file.exists():
+        asked = np.array([float(self.signalled or (trainer.world.is_main and self.stop_file.exists()))])
+        dist.all_reduce(torch.from_numpy(asked), op=dist.ReduceOp.MAX)  # a host value, through the CPU backend
+        if asked[0] and trainer.world.is_main and self.stop_file.exists():
             trainer.say(f"found {self.stop_file}: checkpointing this step and exiting")
             self.stop_file.unlink()
-        trainer.stop_requested = bool(flag.item())
+        trainer.stop_requested = bool(asked[0])
 
 
 class Checkpoints(Callback):

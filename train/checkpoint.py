@@ -11,6 +11,12 @@ A save cut off midway has no `.metadata` and is ignored (and removed at the next
 complete one is resumed. Saves run on their own gloo process group (ParallelDims.checkpoint_group), so
 async saves' collectives never interleave with training's.
 
+Async saves (checkpoint.mode=async: a thread writes; async_process: a saver process writes) copy the
+state first ("staging") into host buffers that one DefaultStager keeps and reuses from save to save:
+pinned memory and non-blocking copies on CUDA (plain memory on CPU), shared memory for the saver
+process. Staging runs in the background too; only the next optimizer step, which changes the weights,
+waits for it (`wait_for_staging`, an optimizer pre-step hook), and the next save waits for the write.
+
 Expert parallelism (parallel.ep > 1): the ranks of an ep group hold different experts under the same
 names, each [E/ep, ...]. DCP would take them for shards of one tensor, so the saved state sees each
 expert parameter (and its AdamW moments) as the DTensor of ALL E experts over the (ep, edp) mesh
@@ -32,7 +38,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
-from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType, AsyncSaveResponse
 from torch.distributed.checkpoint.stateful import Stateful
 
 from train.config import CheckpointConfig
@@ -110,15 +117,22 @@ class Checkpointer:
     rank) as JSON by rank 0, and each rank's RNG."""
 
     def __init__(self, run_dir: Path, config: CheckpointConfig, rank: int, dims: ParallelDims,
-                 sharded: Dict[str, Stateful], replicated: Dict[str, Stateful]):
+                 sharded: Dict[str, Stateful], replicated: Dict[str, Stateful], device: torch.device):
         if config.mode not in MODES:
             raise ValueError(f"checkpoint.mode={config.mode!r}; use one of {', '.join(MODES)}")
         self.root, self.config, self.rank, self.world_size = run_dir / CHECKPOINTS, config, rank, dims.world_size
         self.group = dims.checkpoint_group
         self.sharded, self.replicated, self.rng = sharded, replicated, RNGState()
-        self.pending = None  # the Future of the last async save
+        self.stager = None
+        if MODES[config.mode] is not None:
+            accelerated = device.type == "cuda"
+            self.stager = DefaultStager(StagingOptions(
+                use_pinned_memory=accelerated, use_shared_memory=MODES[config.mode] == AsyncCheckpointerType.PROCESS,
+                use_async_staging=True, use_non_blocking_copy=accelerated))
+        self.staging = None  # the Future of the last save's staging (the copy of the state)
+        self.pending = None  # the Future of the last async save's write
         self.last_saved_step: Optional[int] = None
-        self.blocked_seconds: list = []  # how long each save() held training, for the benchmark
+        self.blocked_seconds: list = []  # how long each save() and staging wait held training
 
     def remove_incomplete(self) -> None:
         """At start, before any save: leftovers of a cut-off save are deleted (rank 0), never resumed."""
@@ -145,13 +159,26 @@ class Checkpointer:
             dcp.save(self.sharded, checkpoint_id=str(path), process_group=self.group)
             self.prune()
         else:
-            self.pending = dcp.async_save(self.sharded, checkpoint_id=str(path), process_group=self.group,
-                                          async_checkpointer_type=kind)
+            response = dcp.async_save(self.sharded, checkpoint_id=str(path), process_group=self.group,
+                                      async_checkpointer_type=kind, async_stager=self.stager)
+            if isinstance(response, AsyncSaveResponse):
+                self.staging, self.pending = response.staging_completion, response.upload_completion
+            else:  # staged already, synchronously
+                self.pending = response
         self.last_saved_step = step
         self.blocked_seconds.append(time.perf_counter() - started)
 
+    def wait_for_staging(self, *hook_args) -> None:
+        """Block until the last save's copy of the state is taken (before anything changes the weights)."""
+        if self.staging is not None:
+            started = time.perf_counter()
+            self.staging.result()
+            self.staging = None
+            self.blocked_seconds[-1] += time.perf_counter() - started
+
     def wait(self) -> None:
         """Block until the last async save is on disk, then drop checkpoints beyond `keep`."""
+        self.wait_for_staging()
         if self.pending is not None:
             self.pending.result()
             self.pending = None
@@ -182,3 +209,5 @@ class Checkpointer:
 
     def close(self) -> None:
         self.wait()
+        if self.stager is not None:
+            self.stager.close()

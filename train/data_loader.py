@@ -8,7 +8,10 @@ of ranks continues with the next unseen sample: nothing is seen twice, nothing s
 
 A sample is a window of prepared token shards (pre-training, mid-training), a window of packed
 conversations with assistant-only labels (SFT), or a preference pair (DPO); each becomes a batch
-dict {"inputs", "targets", "doc_ids"?, "index"} of tensors. Which one a stage reads is train/stages.py's.
+dict {"inputs", "targets", "doc_ids"?} of tensors plus two host values: "index" (the global sample
+indices, a list) and "count" (what the loss sums over: target tokens, or pairs; an int counted in NumPy
+before any tensor exists, so the trainer needs no device->host copy for it). Which one a stage reads is
+train/stages.py's.
 
 The per-rank stream is a torchdata.nodes graph: this rank's sample indices -> the samples (in
 `data.num_workers` worker processes, in order) -> micro-batches -> collate -> pinned memory (CUDA)
@@ -26,6 +29,7 @@ import torchdata.nodes as nodes
 from torch.utils.data import Dataset
 
 from data.chat.preferences import collate_pairs
+from data.chat.template import IGNORE
 from data.reader import EpochOrder, TokenWindows
 
 
@@ -65,24 +69,26 @@ class Windows(Dataset):
         return {"tokens": window.tokens, "doc_ids": window.doc_ids}, index
 
 
-def collate_windows(samples: List) -> Dict[str, torch.Tensor]:
-    """Windows of seq_len + 1 tokens -> inputs tokens[:-1], targets labels[1:] (or tokens[1:])."""
+def collate_windows(samples: List) -> Dict[str, object]:
+    """Windows of seq_len + 1 tokens -> inputs tokens[:-1], targets labels[1:] (or tokens[1:]); the count
+    is the number of target tokens that are not IGNORE."""
     items, indices = zip(*samples)
-    tokens = torch.from_numpy(np.stack([item["tokens"] for item in items]))
-    labels = torch.from_numpy(np.stack([item["labels"] for item in items])) if "labels" in items[0] else tokens
+    tokens_np = np.stack([item["tokens"] for item in items])
+    labels_np = np.stack([item["labels"] for item in items]) if "labels" in items[0] else tokens_np
     doc_ids = torch.from_numpy(np.stack([item["doc_ids"] for item in items]))
+    tokens, labels = torch.from_numpy(tokens_np), torch.from_numpy(labels_np)
     return {"inputs": tokens[:, :-1], "targets": labels[:, 1:], "doc_ids": doc_ids[:, :-1],
-            "index": torch.tensor(indices)}
+            "index": list(indices), "count": int(np.count_nonzero(labels_np[:, 1:] != IGNORE))}
 
 
 def collate_preferences(pad_id: int, multiple_of: int, max_length: int) -> Callable[[List], Dict[str, torch.Tensor]]:
     """Pairs -> one [2B, L] batch: the B chosen sequences, then the B rejected ones."""
-    def collate(samples: List) -> Dict[str, torch.Tensor]:
+    def collate(samples: List) -> Dict[str, object]:
         pairs, indices = zip(*samples)
         batch = collate_pairs(pairs, pad_id, multiple_of, max_length)
         ids = torch.cat([batch.chosen_ids_BL, batch.rejected_ids_BL])
         labels = torch.cat([batch.chosen_labels_BL, batch.rejected_labels_BL])
-        return {"inputs": ids[:, :-1], "targets": labels[:, 1:], "index": torch.tensor(indices)}
+        return {"inputs": ids[:, :-1], "targets": labels[:, 1:], "index": list(indices), "count": len(pairs)}
     return collate
 
 
@@ -136,7 +142,7 @@ class DataStream:
         if self.record is not None:
             self.record.parent.mkdir(parents=True, exist_ok=True)
             with open(self.record, "a") as f:
-                f.write(json.dumps({"step": step, "indices": [i for b in micro_batches for i in b["index"].tolist()]}) + "\n")
+                f.write(json.dumps({"step": step, "indices": [i for b in micro_batches for i in b["index"]]}) + "\n")
         return micro_batches
 
 
@@ -153,9 +159,10 @@ def validation_batches(data: StageData, micro_batch: int, samples: int, rank: in
         yield data.collate(chunk or mine[-micro_batch:] or data.val[:1]), bool(chunk)
 
 
-def to_device(batch: Dict[str, torch.Tensor], device: torch.device, document_masking: bool) -> Dict[str, torch.Tensor]:
-    moved = {key: value.to(device, non_blocking=True) for key, value in batch.items() if key != "index"}
+def to_device(batch: Dict[str, object], device: torch.device, document_masking: bool) -> Dict[str, object]:
+    """The batch's tensors on the device (non-blocking from pinned memory); the host values stay."""
+    moved = {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+             for key, value in batch.items()}
     if not document_masking:
         moved.pop("doc_ids", None)
-    moved["index"] = batch["index"]
     return moved

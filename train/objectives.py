@@ -1,9 +1,10 @@
 """What a stage optimises, given a batch: next-token prediction (pre-training, mid-training, SFT) or
 direct preference optimisation (DPO). The Trainer's loop is the same for all of them.
 
-Each objective returns sums, never means, plus the count they are sums over (target tokens, or pairs),
-so the trainer can divide by the global count across micro-batches and ranks and get the loss of the
-whole global batch, whatever the number of ranks.
+Each objective returns sums, never means; the batch's "count" (from its collate function,
+train/data_loader.py) says what they are sums over (target tokens, or pairs), so the trainer can divide
+by the global count across micro-batches and ranks and get the loss of the whole global batch, whatever
+the number of ranks.
 """
 
 from typing import Dict
@@ -21,9 +22,6 @@ class NextToken:
     def __init__(self, chunk_tokens: int):
         self.chunk_tokens = chunk_tokens
 
-    def count(self, batch) -> int:
-        return int((batch["targets"] != IGNORE).sum())
-
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         hidden_BTD = model.hidden_states(batch["inputs"], batch.get("doc_ids"))
         loss = cross_entropy_sum(hidden_BTD.flatten(0, 1), model.output_weight(), batch["targets"].reshape(-1),
@@ -36,9 +34,6 @@ class DirectPreference:
 
     def __init__(self, config: DPOConfig, reference: torch.nn.Module, chunk_tokens: int):
         self.config, self.reference, self.chunk_tokens = config, reference, chunk_tokens
-
-    def count(self, batch) -> int:
-        return batch["inputs"].shape[0] // 2
 
     def logps(self, model, batch) -> torch.Tensor:
         hidden_BTD = model.hidden_states(batch["inputs"])

@@ -78,7 +78,9 @@ class RouterBiasUpdate:
         self.model, self.layer_ids, self.loads = model, model.moe_layer_ids(), []
 
     def __call__(self, optimizer, args, kwargs) -> None:
-        self.loads = [all_reduce_sum(load) for load in self.model.expert_loads()]
+        loads = self.model.expert_loads()
+        summed = all_reduce_sum(torch.cat(loads))  # one collective for every layer, on the device
+        self.loads = list(summed.split([len(load) for load in loads]))
         self.model.update_router_bias(self.loads)
         self.model.reset_expert_loads()
 

@@ -6,12 +6,11 @@ from typing import Dict, Optional
 
 @dataclass
 class Progress:
-    """Optimizer steps taken, tokens trained on, and the run of skipped steps; `last` holds the latest
-    figures (training, and validation when it ran at that step). Checkpointed: step and tokens."""
+    """Optimizer steps taken and tokens trained on (checkpointed); `last` holds the latest reported
+    figures (training, and validation when it ran at that step)."""
 
     step: int = 0
     tokens_seen: int = 0
-    skipped_in_a_row: int = 0
     last: Dict[str, float] = field(default_factory=dict)
 
     def state_dict(self) -> Dict[str, int]:
@@ -23,9 +22,6 @@ class Progress:
 
 @dataclass
 class StepResult:
-    tokens: int  # input tokens of the step over all ranks (for throughput), also when it was skipped
-    figures: Optional[Dict[str, float]]  # loss, grad norm, lr, statistics; None: skipped (non-finite)
-
-    @property
-    def taken(self) -> bool:
-        return self.figures is not None
+    tokens: int  # input tokens of the step over all ranks (for throughput), also when it was dropped
+    taken: bool  # False: dropped at a reporting step for a non-finite loss (train/nonfinite.py)
+    figures: Optional[Dict[str, float]] = None  # loss, grad norm, lr, statistics: at reporting steps only

@@ -12,7 +12,9 @@ sharding are train/parallel/'s.
 import math
 from typing import Dict, List
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from train import stages
@@ -22,16 +24,13 @@ from train.checkpoint import Checkpointer, ModelState, OptimizerState
 from train.config import TrainConfig
 from train.data_loader import DataStream, to_device, validation_batches
 from train.model.transformer import Transformer
+from train.nonfinite import NonFiniteGuard
 from train.optim import build_optimizer, build_scheduler, register_router_bias_update
 from train.parallel.dims import ParallelDims
 from train.parallel.fsdp import parallelize
 from train.parallel.grad_norm import clip_grad_norm
 from train.parallel.world import World, all_reduce_sum, init_world
 from train.progress import Progress, StepResult
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 class Trainer:
@@ -51,8 +50,8 @@ class Trainer:
         self.objective = stages.objective(self.stage, config, reference)
         self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.max_steps)
-        self.router_loads = register_router_bias_update(self.optimizer, self.model)
         self.progress = Progress()
+        self.guard = NonFiniteGuard(config.trainer.nonfinite, config.trainer.max_skipped, self.world.device, self.say)
         record = self.run_dir / "samples" / f"rank_{self.world.rank}.jsonl" if config.trainer.record_samples else None
         self.stream = DataStream(self.data, config.trainer.global_batch_size, self.plan.micro_batch,
                                  config.data.num_workers, self.world.rank, self.dims.dp_size, self.world.device,
@@ -60,7 +59,12 @@ class Trainer:
         self.checkpointer = Checkpointer(
             self.run_dir, config.checkpoint, self.world.rank, self.dims,
             sharded={"model": ModelState(self.model, self.dims), "optim": OptimizerState(self.model, self.optimizer, self.dims)},
-            replicated={"progress": self.progress, "data": self.stream, "scheduler": self.scheduler})
+            replicated={"progress": self.progress, "data": self.stream, "scheduler": self.scheduler},
+            device=self.world.device)
+        # optimizer pre-step hooks, in this order: an async save's copy of the weights must be complete
+        # before the router-bias update or the step changes them
+        self.optimizer.register_step_pre_hook(self.checkpointer.wait_for_staging)
+        self.router_loads = register_router_bias_update(self.optimizer, self.model)
         resumed = self.checkpointer.resume()
         if resumed is not None:
             self.say(f"resumed from {resumed} (step {self.progress.step}, {self.stream.samples_consumed:,} samples consumed)")
@@ -84,17 +88,27 @@ class Trainer:
         model.to_empty(device=self.world.device)
         full = stages.initial_model(self.config).state_dict() if self.world.is_main else {}
         set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        model.reset_expert_loads()  # non-persistent buffers are in no state dict: to_empty left them uninitialised
         return model
 
     def callback(self, hook: str, *args) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
-    def train_step(self, micro_batches: List[Dict[str, torch.Tensor]]) -> StepResult:
-        """One optimizer step: its tokens and figures (loss, grad norm, lr, statistics; None when skipped)."""
-        device = self.world.device
-        local = [sum(self.objective.count(b) for b in micro_batches), sum(b["inputs"].numel() for b in micro_batches)]
-        global_count, tokens = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device)).tolist()
+    def reports(self, step: int) -> bool:
+        """Whether step `step`'s figures go to the host (the console, metrics.jsonl, W&B): every
+        trainer.log_every steps and the last one. Other steps never wait for the device."""
+        return step % self.config.trainer.log_every == 0 or step == self.config.trainer.max_steps
+
+    def train_step(self, micro_batches: List[Dict[str, object]], report: bool) -> StepResult:
+        """One optimizer step: its tokens, whether it was taken, and (when `report`) its figures."""
+        device, step = self.world.device, self.progress.step + 1
+        # what the losses sum over and the tokens, counted on the host by the collate functions and summed
+        # over the ranks in place through the CPU backend (gloo): no device->host copy
+        counts = np.array([sum(b["count"] for b in micro_batches), sum(b["inputs"].numel() for b in micro_batches)],
+                          dtype=np.float64)
+        dist.all_reduce(torch.from_numpy(counts))
+        global_count, tokens = float(counts[0]), int(counts[1])
         # FSDP averages gradients over the dp ranks, so scale each rank's sum by ranks / global count.
         scale = self.dims.dp_size / global_count
         total, aux_total, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
@@ -106,35 +120,30 @@ class Trainer:
             aux_total += aux.detach() / len(micro_batches)
             for key, value in batch_stats.items():
                 stats[key] = stats.get(key, 0.0) + value.detach()
-        loss = (all_reduce_sum(total) / global_count).item()
-        grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip, self.dims).item()
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skip_nonfinite(loss, grad_norm)
-            return StepResult(int(tokens), None)
-        self.progress.skipped_in_a_row = 0
+        loss_sum = all_reduce_sum(total)  # the same on every rank, so every rank decides alike
+        grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip, self.dims)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()  # the router-bias update runs first, as a pre-step hook (train/optim.py)
+        if report or not self.guard.on_device(self.optimizer):
+            self.guard.report()
+            loss_value, norm_value = (loss_sum / global_count).item(), grad_norm.item()
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.guard.skip_on_host(loss_value, norm_value, step)
+                return StepResult(tokens, taken=False)
+            self.guard.finite_on_host()
+            self.optimizer.step()  # the router-bias update runs first, as a pre-step hook (train/optim.py)
+        else:
+            self.guard.step_on_device(self.optimizer, ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm)), step)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        result = {"loss": loss, "grad_norm": grad_norm, "lr": lr}
-        result.update({key: (all_reduce_sum(value) / global_count).item() for key, value in stats.items()})
+        if not report:
+            return StepResult(tokens, taken=True)
+        figures = {"loss": loss_value, "grad_norm": norm_value, "lr": lr}
+        figures.update({key: (all_reduce_sum(value) / global_count).item() for key, value in stats.items()})
         if self.router_loads.layer_ids:
-            result["aux_loss"] = (all_reduce_sum(aux_total) / self.world.size).item()
-            result.update(self.router_loads.metrics())
-        return StepResult(int(tokens), result)
-
-    def skip_nonfinite(self, loss: float, grad_norm: float) -> None:
-        """Count a non-finite step; stop when trainer.nonfinite=stop or too many came in a row."""
-        self.progress.skipped_in_a_row += 1
-        what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {self.progress.step + 1} " \
-               f"(loss {loss}, grad norm {grad_norm})"
-        trainer = self.config.trainer
-        if trainer.nonfinite == "stop" or self.progress.skipped_in_a_row > trainer.max_skipped:
-            raise NonFiniteLoss(f"{what}; stopping (trainer.nonfinite={trainer.nonfinite}, "
-                                f"{self.progress.skipped_in_a_row} in a row). Lower optim.lr, raise optim.warmup_steps, "
-                                "or check the data")
-        self.say(f"warning: {what}; the step is skipped ({self.progress.skipped_in_a_row} in a row)")
+            figures["aux_loss"] = (all_reduce_sum(aux_total) / self.world.size).item()
+            figures.update(self.router_loads.metrics())
+        return StepResult(tokens, taken=True, figures=figures)
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
@@ -149,7 +158,7 @@ class Trainer:
             if not counts:
                 continue
             total += loss
-            count += self.objective.count(batch)
+            count += batch["count"]
             for key, value in batch_stats.items():
                 stats[key] = stats.get(key, 0.0) + value
         self.model.train()
@@ -164,10 +173,12 @@ class Trainer:
         self.model.train()
         self.callback("on_train_start")
         while self.progress.step < self.config.trainer.max_steps and not self.stop_requested:
-            result = self.train_step(self.stream.next_step(self.plan.accumulation, self.progress.step + 1))
+            step = self.progress.step + 1
+            result = self.train_step(self.stream.next_step(self.plan.accumulation, step), self.reports(step))
             if result.taken:
-                self.progress.step += 1
+                self.progress.step = step
                 self.progress.tokens_seen += result.tokens
+            if result.figures is not None:
                 self.progress.last = dict(result.figures)
             self.callback("on_step", result)
         self.callback("on_train_end")

@@ -21,7 +21,7 @@ original_train_step, original_objective = Trainer.train_step, NextToken.__call__
 poisoned_steps, current = set(), {"step": 0}
 
 
-def train_step(self, micro_batches):
+def train_step(self, micro_batches, report):
     step = current["step"] = self.progress.step + 1
     if kind == "die" and step == int(fault["step"]) and self.world.rank == int(fault["rank"]) \
             and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
@@ -29,7 +29,7 @@ def train_step(self, micro_batches):
         os._exit(1)
     if kind == "sleep" and step >= int(fault["step"]):
         time.sleep(1.0)
-    return original_train_step(self, micro_batches)
+    return original_train_step(self, micro_batches, report)
 
 
 def objective(self, model, batch):

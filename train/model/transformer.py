@@ -65,6 +65,8 @@ class Transformer(nn.Module):
             x_BTD = layer(x_BTD, positions_BT, documents, cache)
         if cache is not None:
             cache.advance(T)
+        for moe in self.moe_layers():
+            moe.record_loads()
         return self.final_norm(x_BTD)
 
     def forward(self, input_ids_BT, doc_ids_BT=None, cache: KVCache | None = None) -> torch.Tensor:

@@ -52,11 +52,13 @@ class AllToAllDispatch:
         recv_counts_PL = torch.empty_like(counts_E)
         dist.all_to_all_single(recv_counts_PL, counts_E.contiguous(), group=self.group)
         recv_counts_PL = recv_counts_PL.view(ep, local)  # [source rank, local expert]
-        send_splits = counts_E.view(ep, local).sum(dim=1).tolist()
-        recv_splits = recv_counts_PL.sum(dim=1).tolist()
+        # the all-to-all takes its split sizes on the host: one device->host read per layer and forward
+        sizes = torch.cat([counts_E.view(ep, local).sum(dim=1), recv_counts_PL.flatten()]).tolist()
+        send_splits, recv_counts = sizes[:ep], sizes[ep:]
+        recv_splits = [sum(recv_counts[p * local : (p + 1) * local]) for p in range(ep)]
         x_RD = all_to_all_single_autograd(x_ND, recv_splits, send_splits, self.group)
         # received rows are (source, expert)-major; the experts want them (expert, source)-major
-        chunks = torch.arange(sum(recv_splits), device=x_ND.device).split(recv_counts_PL.flatten().tolist())
+        chunks = torch.arange(sum(recv_splits), device=x_ND.device).split(recv_counts)
         order_R = torch.cat([chunks[p * local + e] for e in range(local) for p in range(ep)])
         y_RD = experts(x_RD[order_R], recv_counts_PL.sum(dim=0))[order_R.argsort()]
         return all_to_all_single_autograd(y_RD, send_splits, recv_splits, self.group)

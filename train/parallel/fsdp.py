@@ -13,6 +13,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from train.config import ParallelConfig
+from train.model.moe.layer import MoE
 from train.parallel.dims import ParallelDims
 from train.parallel.expert import apply_expert_parallel, shard_experts
 
@@ -30,6 +31,14 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
             model.layers[index] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
+def compiles_whole(block: nn.Module, config: ParallelConfig, dims: ParallelDims) -> bool:
+    """Whether a block compiles to one graph (fullgraph=True: a graph break is an error, not a silent
+    slow path). Every block does, except an MoE block whose experts need their counts on the host: the
+    all-to-all of expert parallelism, or fp32 experts (grouped matmuls compile in bf16 only)."""
+    has_experts = any(isinstance(m, MoE) for m in block.modules())
+    return not has_experts or (dims.ep == 1 and config.param_dtype == "bf16")
+
+
 def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) -> nn.Module:
     """Shard `model` in place and return it; with parallel.ep > 1, `model` must hold real weights
     (all experts, identical on every rank): each rank keeps its own experts before sharding."""
@@ -41,7 +50,7 @@ def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) ->
     apply_activation_checkpointing(model, config.activation_checkpointing)
     if config.compile:
         for index, block in enumerate(model.layers):
-            model.layers[index] = torch.compile(block)
+            model.layers[index] = torch.compile(block, fullgraph=compiles_whole(block, config, dims))
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[config.param_dtype], reduce_dtype=DTYPES[config.reduce_dtype])
     if dims.ep > 1:  # before the blocks are sharded: the experts are their own FSDP units over edp
         shard_experts(model, dims, mp_policy=policy)

@@ -7,8 +7,9 @@ per-expert checkpoint stacks into them. With `swiglu_limit` the GLU is GPT-OSS's
 (u + 1) * g * sigmoid(alpha * g).
 
 The input is the routed (token, expert) pairs sorted by expert with `counts_E` rows per expert. The
-three matmuls are grouped matmuls (`torch._grouped_mm`, one kernel over all experts, FACTS: works on
-CPU in fp32 and bf16) or, without it, one matmul per expert over its contiguous slice: either way the
+three matmuls are grouped matmuls (`torch._grouped_mm`, one kernel over all experts, with the group
+offsets on the device: no host sync; CPU in fp32 and bf16, CUDA in bf16) or, without it (fp32 on CUDA),
+one matmul per expert over its contiguous slice, which needs the counts on the host: either way the
 work is proportional to the routed tokens, never all experts x all tokens. Expert parallelism keeps
 only some experts here (`num_experts` is then the local count) and feeds them the tokens it received.
 """
@@ -21,8 +22,10 @@ from train.model.ffn.activation import get_activation
 
 
 def grouped_mm_available(x: torch.Tensor) -> bool:
-    """torch._grouped_mm runs on CPU (fp32, bf16) and on CUDA in bf16."""
-    return hasattr(torch, "_grouped_mm") and (x.device.type == "cpu" or x.dtype == torch.bfloat16)
+    """torch._grouped_mm runs on CPU (fp32, bf16) and on CUDA in bf16; under torch.compile only in bf16
+    (its compile-time kernel checks take CUDA's rule)."""
+    cpu_eager = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    return hasattr(torch, "_grouped_mm") and (cpu_eager or x.dtype == torch.bfloat16)
 
 
 def grouped_linear(x_ND: torch.Tensor, w_EOD: torch.Tensor, counts_E: torch.Tensor, grouped: bool) -> torch.Tensor:

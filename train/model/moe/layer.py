@@ -12,11 +12,19 @@ first `capacity` pairs in token order and the rest are dropped before dispatch (
 either). The routed pairs go through `self.dispatch(x_ND, counts_E, experts)`, which runs the local
 experts; train/parallel/expert.py swaps in an all-to-all dispatch.
 
+Host syncs: none for a dropless layer without zero experts (every one of the T * k pairs is routed, a
+size the host knows). With zero experts or a capacity, how many pairs reach the experts depends on the
+routing, and that number sizes the experts' input: one device->host read per layer and forward
+(`int(counts_E.sum())`). Running all T * k rows instead would spend the experts' FLOPs on the rows the
+zero experts and the capacity exist to save.
+
 Bookkeeping for the trainer (see Transformer.aux_loss / expert_loads / update_router_bias):
 `aux_loss` holds the router's balancing + z-loss of the last forward; `choice_counts` [E + Z]
 accumulates how often each expert was chosen since `reset_loads()`, `dropped_count` how many routed
-choices the capacity dropped (non-persistent buffers, not counted again when activation checkpointing
-recomputes the forward inside backward).
+choices the capacity dropped (non-persistent buffers). A forward only keeps its own counts
+(`last_counts`); the Transformer adds them up after its forward (`record_loads`), so a recompute of the
+layer inside backward (activation checkpointing) does not count twice, and the layer's forward stays
+free of host-side bookkeeping that torch.compile(fullgraph=True) could not trace.
 """
 
 import math
@@ -56,10 +64,18 @@ class MoE(nn.Module):
         self.register_buffer("choice_counts", torch.zeros(c.num_experts + c.num_zero_experts, dtype=torch.long), persistent=False)
         self.register_buffer("dropped_count", torch.zeros(1, dtype=torch.long), persistent=False)
         self.aux_loss = torch.zeros(())
+        self.last_counts = self.last_dropped = None  # this forward's choices per expert and dropped choices
 
     def reset_loads(self) -> None:
         self.choice_counts.zero_()
         self.dropped_count.zero_()
+
+    def record_loads(self) -> None:
+        """Add the last forward's counts to the accumulated ones (once per forward, by the Transformer)."""
+        if self.last_counts is not None:
+            self.choice_counts += self.last_counts
+            self.dropped_count += self.last_dropped
+            self.last_counts = self.last_dropped = None
 
     def reset_extra_parameters(self) -> None:
         self.reset_loads()
@@ -68,19 +84,20 @@ class MoE(nn.Module):
         D, K, E = x_BTD.shape[-1], self.top_k, self.num_experts
         x_TD = x_BTD.reshape(-1, D)
         weights_TK, choices_TK, self.aux_loss, counts_C = self.router(x_BTD, self.choice_counts)
-        counting = torch._C._current_graph_task_id() == -1  # not a checkpoint recompute inside backward
-        if counting:
-            self.choice_counts += counts_C
+        self.last_counts, self.last_dropped = counts_C, torch.zeros_like(self.dropped_count)
         counts_E = counts_C[:E]
-        order_A = choices_TK.flatten().argsort(stable=True)[: int(counts_E.sum())]  # routed pairs, by expert
+        order_A = choices_TK.flatten().argsort(stable=True)  # every (token, choice) pair, by expert
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * choices_TK.numel() / counts_C.numel())
-            start_E = counts_E.cumsum(0) - counts_E
-            slot_A = torch.arange(order_A.numel(), device=order_A.device) - start_E.repeat_interleave(counts_E)
-            order_A, kept_E = order_A[slot_A < capacity], counts_E.clamp(max=capacity)
-            if counting:
-                self.dropped_count += counts_E.sum() - kept_E.sum()
+            expert_A = choices_TK.flatten()[order_A]
+            slot_A = torch.arange(order_A.numel(), device=order_A.device) - (counts_C.cumsum(0) - counts_C)[expert_A]
+            # a pair past its expert's capacity moves behind every routed pair, with the zero experts' ones
+            order_A = order_A[torch.where(slot_A < capacity, expert_A, E + self.num_zero_experts).argsort(stable=True)]
+            kept_E = counts_E.clamp(max=capacity)
+            self.last_dropped = (counts_E.sum() - kept_E.sum()).view(1)
             counts_E = kept_E
+        if self.num_zero_experts or self.capacity_factor is not None:
+            order_A = order_A[: int(counts_E.sum())]  # the routed pairs (the layer's one host sync, see above)
         token_A = order_A // K
         y_AD = self.dispatch(x_TD[token_A], counts_E, self.experts)
         y_AD = y_AD * weights_TK.flatten()[order_A, None]

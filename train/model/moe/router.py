@@ -71,7 +71,9 @@ class Router(nn.Module):
             if c.renormalize:
                 weights_TK = weights_TK / (weights_TK.sum(dim=-1, keepdim=True) + 1e-20)
         weights_TK = weights_TK * c.scaling_factor
-        counts_E = torch.bincount(experts_TK.flatten(), minlength=self.num_choices)
+        # choices per expert; a scatter-add, since bincount sizes its output from the data (a host sync on CUDA)
+        counts_E = torch.zeros(self.num_choices, dtype=torch.long, device=experts_TK.device).scatter_add_(
+            0, experts_TK.flatten(), torch.ones_like(experts_TK.flatten()))
         aux = logits_TE.new_zeros(())
         if c.aux_loss_coef:
             aux = aux + c.aux_loss_coef * self.balance_loss(scores_TE, experts_TK, counts_E, counts_so_far_E, B)
