@@ -84,8 +84,9 @@ def flex_attend(q_BHTK, k_BGTK, v_BGTV, documents: Documents | None, window: int
     T = q_BHTK.shape[2]
     block_mask = causal_block_mask(T, q_BHTK.device, window) if documents is None else documents.block_mask(window)
     # eager flex is an unfused reference that materialises the scores; compiled flex on the CPU cannot
-    # return the log-sum-exp (torch 2.13), and the CPU only runs short test sequences
-    attention = flex_attention if on_cpu else compiled_flex_attention()
+    # return the log-sum-exp (torch 2.13), and the CPU only runs short test sequences. Inside a compiled
+    # block (train.compile) the plain call is already compiled with the block.
+    attention = flex_attention if on_cpu or torch.compiler.is_compiling() else compiled_flex_attention()
     kwargs = dict(block_mask=block_mask, scale=scale, enable_gqa=q_BHTK.shape[1] != k_BGTK.shape[1])
     if sinks_H is None:
         return attention(q_BHTK, k_BGTK, v_BGTV, **kwargs)

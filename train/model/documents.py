@@ -114,10 +114,11 @@ def build_block_mask(mask_mod, B: int | None, T: int, device: torch.device) -> B
     """create_block_mask over [B, all heads, T, T]. Eager, it evaluates mask_mod on the whole [B, 1, T, T]
     grid at once (int64 index temporaries: GiBs at 32k); compiled, tile by tile, so off the CPU it goes
     through one lazily compiled instance (torchtitan compiles create_block_mask once at module level).
-    The CPU stays eager: short test sequences, no compiler needed."""
+    The CPU stays eager: short test sequences, no compiler needed. Inside a compiled block (train.compile)
+    the plain call is already compiled with the block."""
     global _compiled_create_block_mask
     build = create_block_mask
-    if device.type != "cpu":
+    if device.type != "cpu" and not torch.compiler.is_compiling():
         if _compiled_create_block_mask is None:
             _compiled_create_block_mask = torch.compile(create_block_mask)
         build = _compiled_create_block_mask

@@ -167,3 +167,62 @@ def test_unknown_backend_names_the_key():
 
 def test_export_ignores_the_backend():
     assert hf_config(build_model("qwen3_tiny", attention_backend="flex").config) == hf_config(build_model("qwen3_tiny").config)
+
+
+def compare_backends(T=16384, doc_lengths=None, device="cuda", dtype=torch.bfloat16, window=None, sinks=False,
+                     mla=False, backward=True, repeats=3):
+    """For the GPU check script: one attention layer (GPT-OSS-like softmax attention, 16 query / 2 KV heads of
+    64, or a DeepSeek-V3-like MLA with qk 192 / v 128) run with each backend on the same input of one
+    sequence of T tokens packed with documents of `doc_lengths`. Returns {backend: (seconds per step, peak
+    bytes or None)} and the largest absolute difference of flex from dense in the output and, with
+    `backward`, in the input's and every parameter's gradient. A step builds its own Documents, as a
+    training forward does."""
+    import time
+
+    def build(backend):
+        model = ModelConfig(dim=1024, position=PositionConfig(kind="rope"), attention_backend=backend)
+        if mla:
+            config = MixerConfig(kind="mla", mla=MLAConfig(num_heads=16, q_lora_rank=512, kv_lora_rank=256, qk_nope_head_dim=128,
+                                                           qk_rope_head_dim=64, v_head_dim=128))
+            return MultiHeadLatentAttention(config, model, layer_idx=0)
+        config = MixerConfig(attention=AttentionConfig(num_heads=16, num_kv_heads=2, head_dim=64, window=window, sinks=sinks))
+        module = SoftmaxAttention(config, model, layer_idx=0)
+        if sinks:
+            torch.nn.init.normal_(module.sinks, std=2.0)
+        return module
+
+    dense, flex = (m.to(device=device, dtype=dtype) for m in both_backends(build))
+    x_BTD = torch.randn(1, T, 1024, device=device, dtype=dtype)
+    grad_BTD = torch.randn_like(x_BTD)
+    doc_ids_BT = doc_ids([doc_lengths or [T]]).to(device)
+    on_cuda = torch.device(device).type == "cuda"
+    timings, results = {}, {}
+    for backend, module in (("dense", dense), ("flex", flex)):
+        def step():
+            x = x_BTD.clone().requires_grad_(backward)
+            documents = Documents(doc_ids_BT)
+            with torch.set_grad_enabled(backward):
+                y_BTD = module(x, documents.positions_BT, documents)
+                if backward:
+                    module.zero_grad(set_to_none=True)
+                    y_BTD.backward(grad_BTD)
+            return [y_BTD.detach(), *([x.grad, *(p.grad for p in module.parameters())] if backward else [])]
+
+        results[backend] = step()  # warm-up: compiles flex and create_block_mask
+        if on_cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        if on_cuda:
+            torch.cuda.synchronize()
+        timings[backend] = ((time.perf_counter() - start) / repeats, torch.cuda.max_memory_allocated() if on_cuda else None)
+    differences = [(a.float() - b.float()).abs().max().item() for a, b in zip(results["dense"], results["flex"])]
+    return timings, {"output": differences[0], "gradients": max(differences[1:], default=None)}
+
+
+def test_compare_backends_forward_on_cpu():
+    _, differences = compare_backends(T=300, doc_lengths=[5, 130, 165], device="cpu", dtype=torch.float32, window=40,
+                                      sinks=True, backward=False, repeats=1)
+    assert differences["output"] < 1e-5
