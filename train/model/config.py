@@ -223,6 +223,11 @@ class ModelConfig:
     # num_layers layers is then two pre-norm sublayer pairs (mixers/ffns 2i and 2i+1) plus this MoE,
     # which reads the normed FFN input of the first pair and is added after the second.
     shortcut_moe: Optional[str] = None
+    # How softmax attention and MLA are computed (the schedule, not the function; train/model/attention.py):
+    # auto = FlexAttention on CUDA for document, window and sink masks, SDPA otherwise (always on the CPU);
+    # dense = SDPA, with a dense boolean mask where one is needed; flex = FlexAttention except when decoding
+    # (on the CPU forward only: torch 2.13 has no CPU backward for it)
+    attention_backend: str = "auto"  # auto | dense | flex
 
     def num_sublayers(self) -> int:
         """Mixer + feed-forward pairs: num_layers, or two per layer with a shortcut MoE."""

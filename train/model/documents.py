@@ -6,11 +6,17 @@ at each document start, and recurrent mixers reset their state there. `Transform
 wraps `doc_ids_BT` in one `Documents` for the forward and hands it to every layer, so what several
 layers need (positions, the reset flags, a mask for a given window) is derived once and shared, as
 torchtitan's decoder builds its attention masks once per forward.
+
+A mask comes in two forms: `dense_mask` (boolean [B, 1, T, T], for SDPA: the CPU path and the reference)
+and `block_mask` (a FlexAttention BlockMask, arXiv 2412.05496: per 128x128 tile, skipped, full, or
+partial, so attention costs only the tiles that documents and windows leave). Without documents the
+causal (and windowed) masks depend only on the length: `causal_mask` and `causal_block_mask`.
 """
 
 from functools import cached_property
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, and_masks, create_block_mask
 
 
 class Documents:
@@ -48,6 +54,19 @@ class Documents:
             self.masks[key] = (causal_mask(T, T, 0, self.doc_ids_BT.device, window) & same_doc_BTT)[:, None]
         return self.masks[key]
 
+    def block_mask(self, window: int | None = None) -> BlockMask:
+        """The same mask as `dense_mask` as a FlexAttention BlockMask, built once per forward and window."""
+        key = ("block", window)
+        if key not in self.masks:
+            doc_ids_BT = self.doc_ids_BT
+
+            def same_document(b, h, q_idx, kv_idx):
+                return doc_ids_BT[b, q_idx] == doc_ids_BT[b, kv_idx]
+
+            B, T = doc_ids_BT.shape
+            self.masks[key] = build_block_mask(and_masks(causal_mask_mod(window), same_document), B, T, doc_ids_BT.device)
+        return self.masks[key]
+
 
 def causal_mask(T: int, L: int, start: int, device, window: int | None = None) -> torch.Tensor:
     """Boolean [T, L]: True where query t (at position start + t) may see key l: causal and in the window
@@ -58,6 +77,52 @@ def causal_mask(T: int, L: int, start: int, device, window: int | None = None) -
     if window is not None:
         allowed_TL = allowed_TL & (q_idx_T1 - k_idx_1L < window)
     return allowed_TL
+
+
+def causal_mask_mod(window: int | None = None):
+    """FlexAttention mask_mod of `causal_mask` (start 0): key kv_idx <= query q_idx, and q_idx - kv_idx < window."""
+
+    def causal(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx
+
+    if window is None:
+        return causal
+
+    def in_window(b, h, q_idx, kv_idx):
+        return q_idx - kv_idx < window
+
+    return and_masks(causal, in_window)
+
+
+# (T, window, device) -> BlockMask: a mask without documents is the same for every batch of a length
+_CAUSAL_BLOCK_MASKS: dict = {}
+
+
+def causal_block_mask(T: int, device, window: int | None = None) -> BlockMask:
+    """The BlockMask of `causal_mask(T, T, 0, device, window)`, broadcast over batch and heads and kept
+    across forwards."""
+    key = (T, window, torch.device(device))
+    if key not in _CAUSAL_BLOCK_MASKS:
+        _CAUSAL_BLOCK_MASKS[key] = build_block_mask(causal_mask_mod(window), None, T, torch.device(device))
+    return _CAUSAL_BLOCK_MASKS[key]
+
+
+_compiled_create_block_mask = None
+
+
+def build_block_mask(mask_mod, B: int | None, T: int, device: torch.device) -> BlockMask:
+    """create_block_mask over [B, all heads, T, T]. Eager, it evaluates mask_mod on the whole [B, 1, T, T]
+    grid at once (int64 index temporaries: GiBs at 32k); compiled, tile by tile, so off the CPU it goes
+    through one lazily compiled instance (torchtitan compiles create_block_mask once at module level).
+    The CPU stays eager: short test sequences, no compiler needed. Inside a compiled block (train.compile)
+    the plain call is already compiled with the block."""
+    global _compiled_create_block_mask
+    build = create_block_mask
+    if device.type != "cpu" and not torch.compiler.is_compiling():
+        if _compiled_create_block_mask is None:
+            _compiled_create_block_mask = torch.compile(create_block_mask)
+        build = _compiled_create_block_mask
+    return build(mask_mod, B, None, T, T, device=device)
 
 
 def check_no_documents_with_cache(documents, cache) -> None:

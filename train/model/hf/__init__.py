@@ -59,7 +59,7 @@ def load_hf_model(directory: Path) -> Transformer:
 def _architecture(config: ModelConfig) -> dict:
     """Flat dict of everything that changes the computation, with defaults resolved."""
     arch = asdict(config)
-    for key in ("family", "init_std", "mixers", "ffns", "layer_mixers", "layer_ffns", "shortcut_moe"):
+    for key in ("family", "init_std", "attention_backend", "mixers", "ffns", "layer_mixers", "layer_ffns", "shortcut_moe"):
         del arch[key]
     if config.position.kind != "yarn":
         del arch["position"]["yarn"]

@@ -20,13 +20,12 @@ paths' scale independent of the ranks.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from train.model.attention import attend, check_backend
 from train.model.config import MixerConfig, ModelConfig
 from train.model.kv_cache import KVCache
 from train.model.documents import Documents
-from train.model.mixer.softmax_attention import attention_mask
 from train.model.norm import RMSNorm
 from train.model.position import ROTARY_KINDS
 from train.model.position.rope import Rotary
@@ -42,6 +41,8 @@ class MultiHeadLatentAttention(nn.Module):
         if model.position.kind not in ROTARY_KINDS:
             raise ValueError(f"mla needs rotary positions (position.kind in {ROTARY_KINDS}), got {model.position.kind!r}")
         self.layer_idx = layer_idx
+        check_backend(model.attention_backend)
+        self.backend = model.attention_backend
         self.num_heads, self.q_lora_rank, self.kv_lora_rank = c.num_heads, c.q_lora_rank, c.kv_lora_rank
         self.nope_dim, self.rope_dim, self.v_head_dim = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
         H, D, qk_dim = c.num_heads, model.dim, c.qk_nope_head_dim + c.qk_rope_head_dim
@@ -83,11 +84,8 @@ class MultiHeadLatentAttention(nn.Module):
         k_BHLK = torch.cat([k_nope_BLHN.transpose(1, 2), k_rope_B1LR.expand(B, H, L, R)], dim=-1)
         q_BHTK = torch.cat([q_nope_BTHN, q_rope_BTHR], dim=-1).transpose(1, 2)
         v_BHLV = v_BLHV.transpose(1, 2)
-        if documents is None and start == 0:
-            y_BHTV = F.scaled_dot_product_attention(q_BHTK, k_BHLK, v_BHLV, is_causal=True, scale=self.scale)
-        else:
-            mask_bHTL = attention_mask(T, L, start, documents, x_BTD.device)
-            y_BHTV = F.scaled_dot_product_attention(q_BHTK, k_BHLK, v_BHLV, attn_mask=mask_bHTL, scale=self.scale)
+        # values have v_head_dim dims, queries and keys nope + rope: SDPA and FlexAttention take both
+        y_BHTV = attend(q_BHTK, k_BHLK, v_BHLV, self.backend, start, documents, scale=self.scale)
         return self.o_proj(y_BHTV.transpose(1, 2).reshape(B, T, H * self.v_head_dim))
 
     def cache_bytes(self, context: int, dtype: torch.dtype) -> int:

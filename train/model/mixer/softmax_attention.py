@@ -2,32 +2,21 @@
 G = H is multi-head (MHA), G = 1 multi-query (MQA, Shazeer 2019), 1 < G < H grouped-query
 (GQA, Ainslie et al. 2023). Options: QK-norm (Qwen3), projection biases (GPT-2, Qwen2), a
 sliding window (Mistral, Gemma), learned attention sinks (GPT-OSS), an output gate (Qwen3-Next:
-attn * sigmoid(W_g x), per head), document masking for packed sequences (`attention_mask`, shared
-with MLA). Runs on F.scaled_dot_product_attention; an explicit boolean mask is built only when
-documents, a window, sinks or a cache need one, so plain causal training keeps the fused kernels.
+attn * sigmoid(W_g x), per head), document masking for packed sequences. The kernel is `model.attention_backend`'s (train/model/attention.py): SDPA, causal or with a
+dense mask, or FlexAttention with the forward's shared BlockMask.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from train.model.attention import attend, check_backend
 from train.model.config import MixerConfig, ModelConfig
-from train.model.documents import Documents, causal_mask
+from train.model.documents import Documents
 from train.model.kv_cache import KVCache
 from train.model.norm import build_norm
 from train.model.position import ROTARY_KINDS
 from train.model.position.rope import Rotary
 from train.model.registry import register_mixer
-
-
-def attention_mask(T: int, L: int, start: int, documents: Documents | None, device, window: int | None = None):
-    """Boolean [b, 1, T, L] (b = B with documents, else 1): True where query t (at position start + t) may
-    see key l: causal, inside the window, and in the same document (built once per forward and window)."""
-    if documents is None:
-        return causal_mask(T, L, start, device, window)[None, None]
-    if L != T:
-        raise ValueError("doc_ids cannot be combined with a KV cache (decode one document at a time)")
-    return documents.dense_mask(window)
 
 
 @register_mixer("softmax_attention")
@@ -42,6 +31,8 @@ class SoftmaxAttention(nn.Module):
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"attention.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         self.window = attn.window
+        check_backend(model.attention_backend)
+        self.backend = model.attention_backend
         H, G, K, D = self.num_heads, self.num_kv_heads, self.head_dim, model.dim
         self.output_gate = attn.output_gate
         # with an output gate q_proj emits [q_h, gate_h] per head (the Qwen3-Next layout)
@@ -72,27 +63,10 @@ class SoftmaxAttention(nn.Module):
         if cache is not None:
             start = cache.length
             k_BGLK, v_BGLK = cache.update(self.layer_idx, k_BGLK, v_BGLK)
-        y_BTHK = self.attend(q_BHTK, k_BGLK, v_BGLK, start, documents).transpose(1, 2)
+        y_BTHK = attend(q_BHTK, k_BGLK, v_BGLK, self.backend, start, documents, self.window, self.sinks).transpose(1, 2)
         if self.output_gate:
             y_BTHK = y_BTHK * torch.sigmoid(gate_BTHK)
         return self.o_proj(y_BTHK.reshape(B, T, self.num_heads * self.head_dim))
-
-    def attend(self, q_BHTK, k_BGLK, v_BGLK, start: int, documents: Documents | None):
-        T, L = q_BHTK.shape[2], k_BGLK.shape[2]
-        if documents is None and self.window is None and self.sinks is None and start == 0:
-            return F.scaled_dot_product_attention(q_BHTK, k_BGLK, v_BGLK, is_causal=True, enable_gqa=True)
-        mask_bHTL = attention_mask(T, L, start, documents, q_BHTK.device, self.window)
-        if self.sinks is not None:
-            # A sink is an extra key with logit sinks[h] and a zero value: it only adds exp(sink) to
-            # the softmax denominator, as in GPT-OSS. Fed to SDPA as a float bias column.
-            B, G, _, K = k_BGLK.shape
-            bias_bHTL = torch.zeros(mask_bHTL.shape, dtype=q_BHTK.dtype, device=q_BHTK.device)
-            bias_bHTL = bias_bHTL.masked_fill(~mask_bHTL, float("-inf"))
-            sink_bHT1 = self.sinks.to(q_BHTK.dtype).view(1, -1, 1, 1).expand(bias_bHTL.shape[0], -1, T, 1)
-            mask_bHTL = torch.cat([bias_bHTL.expand(-1, self.num_heads, -1, -1), sink_bHT1], dim=-1)
-            zeros_BG1K = k_BGLK.new_zeros(B, G, 1, K)
-            k_BGLK, v_BGLK = torch.cat([k_BGLK, zeros_BG1K], 2), torch.cat([v_BGLK, zeros_BG1K], 2)
-        return F.scaled_dot_product_attention(q_BHTK, k_BGLK, v_BGLK, attn_mask=mask_bHTL, enable_gqa=True)
 
     def cache_bytes(self, context: int, dtype: torch.dtype) -> int:
         """Bytes of keys+values one sequence of `context` tokens keeps in this layer."""
