@@ -228,6 +228,10 @@ class ModelConfig:
     # dense = SDPA, with a dense boolean mask where one is needed; flex = FlexAttention except when decoding
     # (on the CPU forward only: torch 2.13 has no CPU backward for it)
     attention_backend: str = "auto"  # auto | dense | flex
+    # How the linear mixers (gated_deltanet, mamba2, their causal convs) compute: auto = the fla /
+    # mamba_ssm / causal_conv1d kernels where installed and the tensors are CUDA bf16/fp16, else PyTorch;
+    # torch = always the PyTorch chunked code (train/model/mixer/kernels.py). The schedule, not the function.
+    linear_kernels: str = "auto"
 
     def num_sublayers(self) -> int:
         """Mixer + feed-forward pairs: num_layers, or two per layer with a shortcut MoE."""
@@ -244,11 +248,15 @@ class ModelConfig:
 MIXER_SECTIONS = {"softmax_attention": "attention", "mla": "mla", "linear_attention": "linear_attention",
                   "gated_deltanet": "gated_deltanet", "mamba2": "mamba2", "parallel_hybrid": "parallel_hybrid"}
 FFN_SECTIONS = {"moe": "moe"}
+LINEAR_KERNELS = ("auto", "torch")  # the values of model.linear_kernels
 
 
 def check_model_config(config: ModelConfig) -> None:
     """The layer patterns name known table entries, and every mixer and feed-forward has the section its
     kind reads (e.g. `attention:` for softmax_attention); the error names the key to set."""
+    if config.linear_kernels not in LINEAR_KERNELS:
+        raise ValueError(f"model.linear_kernels={config.linear_kernels!r} is not one of {LINEAR_KERNELS}; set auto "
+                         "(the fla / mamba_ssm / causal_conv1d kernels on CUDA where installed) or torch (always PyTorch)")
     if config.shortcut_moe is not None and config.ffns.get(config.shortcut_moe, None) is None:
         raise ValueError(f"model.shortcut_moe={config.shortcut_moe!r} is not in model.ffns {sorted(config.ffns)}")
     for pattern, table in (("layer_mixers", "mixers"), ("layer_ffns", "ffns")):

@@ -45,6 +45,22 @@ class Documents:
         index_BT = torch.arange(T, device=self.doc_ids_BT.device).expand(B, T)
         return index_BT - torch.where(self.starts_BT, index_BT, 0).cummax(dim=1).values
 
+    @cached_property
+    def seq_idx_BT(self) -> torch.Tensor:
+        """int32 index of each token's document in its row, counted from the starts (0, 1, ...): the
+        `seq_idx` of mamba_ssm's SSD and causal_conv1d, which compare neighbours' values."""
+        return torch.cumsum(self.starts_BT, dim=1, dtype=torch.int32) - 1
+
+    @cached_property
+    def cu_seqlens(self) -> torch.Tensor:
+        """int64 [N+1]: where each of the N documents of the flattened batch (B*T tokens, row after row)
+        starts, then B*T; fla's varlen kernels take it with the batch flattened to B = 1. Its length is
+        known only on the device, so building it costs one device->host sync (torch.nonzero), once per
+        forward for every layer; no maximum length is computed (fla does not take one)."""
+        starts_L = self.starts_BT.flatten()
+        end_1 = torch.full((1,), starts_L.numel(), dtype=torch.int64, device=starts_L.device)
+        return torch.cat([starts_L.nonzero().flatten(), end_1])
+
     def dense_mask(self, window: int | None = None) -> torch.Tensor:
         """Boolean [B, 1, T, T]: True where query t may see key l (causal, in the window, same document)."""
         T = self.doc_ids_BT.shape[1]

@@ -167,3 +167,12 @@ def test_export_cli_for_a_linear_family(tmp_path):
 def test_inexpressible_mixers_are_refused(tmp_path):
     with pytest.raises(ValueError, match="parallel_hybrid"):
         export_hf(build_model("qwen3_next_tiny", **{"mixers.full": {"kind": "parallel_hybrid", "parallel_hybrid": {}}}), tmp_path / "x")
+
+
+@pytest.mark.parametrize("preset", ["qwen3_next_tiny", "mamba2_tiny"])
+def test_linear_kernels_is_not_architecture(preset):
+    """model.linear_kernels changes how the scans compute, not what: export ignores it."""
+    config = load_preset(preset)
+    config.linear_kernels = "torch"
+    assert "linear_kernels" not in _architecture(config)
+    assert hf_config(config) == hf_config(load_preset(preset))

@@ -73,12 +73,13 @@ def _architecture(config: ModelConfig) -> dict:
         attn["num_kv_heads"] = attn.get("num_kv_heads") or attn.get("num_heads")
         attn["head_dim"] = attn.get("head_dim") or config.dim // attn.get("num_heads", 1)
         arch[f"layer{i}"] = {"mixer": mixer, "ffn": ffn}
-    # the chunk length of a chunked scan and the expert kernel change the schedule, not the function
-    # computed; balancing losses and the bias step are training settings
+    # the chunk length of a chunked scan, the expert kernel and the linear mixers' kernels change the
+    # schedule, not the function computed; balancing losses and the bias step are training settings
     return {k: v for k, v in _flatten(arch).items() if not k.endswith(TRAINING_ONLY)}
 
 
-TRAINING_ONLY = (".chunk_size", ".grouped_mm", ".aux_loss_coef", ".aux_loss_kind", ".z_loss_coef", ".bias_update_speed")
+TRAINING_ONLY = (".chunk_size", ".grouped_mm", ".aux_loss_coef", ".aux_loss_kind", ".z_loss_coef", ".bias_update_speed",
+                 "linear_kernels")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

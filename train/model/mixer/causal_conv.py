@@ -4,7 +4,8 @@ the Mamba (Gu & Dao 2023, arXiv 2312.00752, sec. 3.4) and Gated DeltaNet scans.
 Parameters are those of nn.Conv1d(C, C, kernel, groups=C) (weight [C, 1, kernel]) so checkpoints
 map 1:1 to transformers' Mamba2Mixer.conv1d / Qwen3NextGatedDeltaNet.conv1d. Decoding keeps the last
 kernel-1 inputs as the conv state. With documents, taps that reach into the previous document are
-zeroed, so a packed document sees exactly the zero left-padding it would see alone.
+zeroed, so a packed document sees exactly the zero left-padding it would see alone. On CUDA with
+causal_conv1d installed (model.linear_kernels=auto, kernels.py) a call without a state runs its kernel.
 """
 
 import torch
@@ -12,11 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.documents import Documents
+from train.model.mixer import kernels
 
 
 class CausalConv1d(nn.Conv1d):
-    def __init__(self, channels: int, kernel: int, bias: bool):
+    def __init__(self, channels: int, kernel: int, bias: bool, linear_kernels: str):
         super().__init__(channels, channels, kernel, groups=channels, padding=kernel - 1, bias=bias)
+        self.linear_kernels = linear_kernels
 
     def state_bytes(self, dtype: torch.dtype) -> int:
         return self.in_channels * (self.kernel_size[0] - 1) * dtype.itemsize
@@ -25,6 +28,10 @@ class CausalConv1d(nn.Conv1d):
         """Returns silu(conv(x)) [B, T, C] and the new state [B, C, kernel-1] (the last inputs)."""
         B, T, C = x_BTC.shape
         K = self.kernel_size[0]
+        if state_BCk is None and kernels.conv_runs(self.linear_kernels, x_BTC, K):
+            y_BTC = kernels.causal_conv(x_BTC, self.weight[:, 0], self.bias, documents)
+            last_BCk = x_BTC[:, max(T - (K - 1), 0) :].transpose(1, 2)
+            return y_BTC, F.pad(last_BCk, (K - 1 - last_BCk.shape[-1], 0))
         if state_BCk is None:
             state_BCk = x_BTC.new_zeros(B, C, K - 1)
         ext_BCL = torch.cat([state_BCk.to(x_BTC.dtype), x_BTC.transpose(1, 2)], dim=-1)  # L = K - 1 + T
@@ -32,12 +39,14 @@ class CausalConv1d(nn.Conv1d):
         if documents is None:
             y_BCT = F.conv1d(ext_BCL, self.weight, self.bias, groups=C)
         else:
-            # window t holds inputs t-K+1 .. t; drop the taps from another document
-            windows_BCTK = ext_BCL.unfold(-1, K, 1)
+            # sum over the K taps of the shifted inputs times a same-document mask [B, 1, T]: tap k reads
+            # input t - (K-1) + k (ext index t + k), dropped when that input is in another document;
+            # no [B, C, T, K] tensor, accumulated in fp32 as F.conv1d accumulates
             doc_ids_BT = documents.doc_ids_BT
-            docs_BTK = F.pad(doc_ids_BT, (K - 1, 0), value=-1).unfold(-1, K, 1)
-            same_B1TK = (docs_BTK == doc_ids_BT[..., None])[:, None]
-            y_BCT = torch.einsum("bctk,ck->bct", windows_BCTK * same_B1TK, self.weight[:, 0])
-            if self.bias is not None:
-                y_BCT = y_BCT + self.bias[:, None]
+            docs_BL = F.pad(doc_ids_BT, (K - 1, 0), value=-1)
+            y_BCT = 0 if self.bias is None else self.bias.float()[:, None]
+            for k in range(K):
+                same_B1T = (docs_BL[:, k : k + T] == doc_ids_BT)[:, None]
+                y_BCT = y_BCT + (ext_BCL[..., k : k + T] * same_B1T).float() * self.weight[:, :, k].float()
+            y_BCT = y_BCT.to(x_BTC.dtype)
         return F.silu(y_BCT).transpose(1, 2), new_state_BCk

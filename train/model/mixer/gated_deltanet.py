@@ -5,8 +5,8 @@ x -> in_proj_qkvz (q, k, v, output gate z) and in_proj_ba (beta logits b, decay 
 per key-head group as in Qwen3-Next / Megatron; a short causal conv + silu over [q, k, v]
 (causal_conv.py); L2-normalised q and k (q scaled by K^-1/2); beta = sigmoid(b); log decay
 g = -exp(A_log) * softplus(a + dt_bias) (Mamba2-style); the gated delta rule (delta_rule.py),
-chunked in training and recurrent per decoded token; a gated RMSNorm per value head,
-norm(y) * silu(z); out_proj. Each key head serves num_value_heads / num_key_heads value heads.
+chunked in training (fla's kernel on CUDA where installed, kernels.py) and recurrent per decoded
+token; a gated RMSNorm per value head, norm(y) * silu(z); out_proj. Each key head serves num_value_heads / num_key_heads value heads.
 
 Decode state: conv state [B, 2*Hk*K + Hv*V, kernel-1] and delta-rule state [B, Hv, K, V], fixed size.
 Documents: the conv taps and the state stop at document starts.
@@ -21,6 +21,7 @@ from torch import nn
 from train.model.config import MixerConfig, ModelConfig
 from train.model.documents import Documents, check_no_documents_with_cache
 from train.model.kv_cache import KVCache
+from train.model.mixer import kernels
 from train.model.mixer.causal_conv import CausalConv1d
 from train.model.mixer.delta_rule import chunked_delta_rule, recurrent_delta_rule
 from train.model.norm import GatedRMSNorm
@@ -39,12 +40,12 @@ class GatedDeltaNet(nn.Module):
         c = config.gated_deltanet
         if c.num_value_heads % c.num_key_heads:
             raise ValueError(f"gated_deltanet.num_value_heads={c.num_value_heads} must be a multiple of num_key_heads={c.num_key_heads}")
-        self.layer_idx, self.chunk_size = layer_idx, c.chunk_size
+        self.layer_idx, self.chunk_size, self.linear_kernels = layer_idx, c.chunk_size, model.linear_kernels
         self.num_k_heads, self.num_v_heads, self.k_dim, self.v_dim = c.num_key_heads, c.num_value_heads, c.key_head_dim, c.value_head_dim
         key_dim, value_dim = c.num_key_heads * c.key_head_dim, c.num_value_heads * c.value_head_dim
         self.in_proj_qkvz = nn.Linear(model.dim, 2 * key_dim + 2 * value_dim, bias=False)
         self.in_proj_ba = nn.Linear(model.dim, 2 * c.num_value_heads, bias=False)
-        self.conv1d = CausalConv1d(2 * key_dim + value_dim, c.conv_kernel, bias=False)
+        self.conv1d = CausalConv1d(2 * key_dim + value_dim, c.conv_kernel, bias=False, linear_kernels=model.linear_kernels)
         self.dt_bias = nn.Parameter(torch.ones(c.num_value_heads))
         self.A_log = nn.Parameter(torch.zeros(c.num_value_heads))
         self.norm = GatedRMSNorm(c.value_head_dim, model.norm.eps, c.value_head_dim, norm_before_gate=True)
@@ -76,22 +77,29 @@ class GatedDeltaNet(nn.Module):
         conv_state = None if cache is None else cache.get_state(self.layer_idx, "conv")
         qkv_BTC, conv_state = self.conv1d(qkv_BTC, documents, conv_state)
         q_BTHK, k_BTHK, v_BTHV = qkv_BTC.split([Hk * K, Hk * K, Hv * V], dim=-1)
-        q_BTHK, k_BTHK = l2_normalize(q_BTHK.view(B, T, Hk, K).float()), l2_normalize(k_BTHK.view(B, T, Hk, K).float())
-        q_BTHK = q_BTHK.repeat_interleave(Hv // Hk, dim=2) / math.sqrt(K)
-        k_BTHK = k_BTHK.repeat_interleave(Hv // Hk, dim=2)
+        q_BTHK = q_BTHK.reshape(B, T, Hk, K).repeat_interleave(Hv // Hk, dim=2)
+        k_BTHK = k_BTHK.reshape(B, T, Hk, K).repeat_interleave(Hv // Hk, dim=2)
+        v_BTHV = v_BTHV.reshape(B, T, Hv, V)
         beta_BTH = b_BTH.float().sigmoid()
         log_decay_BTH = -self.A_log.float().exp() * F.softplus(a_BTH.float() + self.dt_bias.float())
-        args = [t.transpose(1, 2) for t in (q_BTHK, k_BTHK, v_BTHV.view(B, T, Hv, V), log_decay_BTH, beta_BTH)]
         state = None if cache is None else cache.get_state(self.layer_idx, "recurrent")
-        reset_BT = None if documents is None else documents.resets_BT
-        if recurrent or (cache is not None and T == 1):
-            y_BHTV, state = recurrent_delta_rule(*args, reset_BT, state)
+        chunked = not (recurrent or (cache is not None and T == 1))
+        if chunked and kernels.runs(self.linear_kernels, "fla", v_BTHV):
+            y_BTHV, state = kernels.gated_delta_rule(q_BTHK, k_BTHK, v_BTHV, log_decay_BTH, beta_BTH, documents, state,
+                                                     output_final_state=cache is not None)
         else:
-            y_BHTV, state = chunked_delta_rule(*args, reset_BT, state, self.chunk_size)
+            q_BTHK = l2_normalize(q_BTHK.float()) / math.sqrt(K)
+            args = [t.transpose(1, 2) for t in (q_BTHK, l2_normalize(k_BTHK.float()), v_BTHV, log_decay_BTH, beta_BTH)]
+            reset_BT = None if documents is None else documents.resets_BT
+            if chunked:
+                y_BHTV, state = chunked_delta_rule(*args, reset_BT, state, self.chunk_size)
+            else:
+                y_BHTV, state = recurrent_delta_rule(*args, reset_BT, state)
+            y_BTHV = y_BHTV.transpose(1, 2)
         if cache is not None:
             cache.set_state(self.layer_idx, "conv", conv_state)
             cache.set_state(self.layer_idx, "recurrent", state)
-        y_BTHV = self.norm(y_BHTV.transpose(1, 2).to(x_BTD.dtype), z_BTHV)
+        y_BTHV = self.norm(y_BTHV.to(x_BTD.dtype), z_BTHV)
         return self.out_proj(y_BTHV.reshape(B, T, Hv * V))
 
     def state_bytes(self, dtype: torch.dtype) -> int:

@@ -10,7 +10,10 @@ a_t = exp(log_decay_t) (None: a_t = 1, plain linear attention, Katharopoulos et 
 SSD is this with q = C, k = dt * B, v = x, log a = dt * A. `reset_BT` (True at a document start)
 sets a_t = 0 so no state crosses documents; the chunked form applies it as masks (a log decay of
 -inf would give inf - inf). Shapes: q, k [B, H, T, K], v [B, H, T, V], log_decay [B, H, T],
-state [B, H, K, V]; all computed in fp32.
+state [B, H, K, V]; all computed in fp32. No float cumsum: torch.cumsum of CUDA floats raises under
+torch.use_deterministic_algorithms(True), so the in-chunk cumulative log decay is `prefix_sum`.
+On CUDA with fla / mamba_ssm installed the mixers run those libraries' kernels instead (kernels.py);
+this file is the fallback and the reference.
 """
 
 import torch
@@ -32,6 +35,18 @@ def recurrent_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset
     return torch.stack(ys, dim=2), S_BHKV
 
 
+def prefix_sum(x: torch.Tensor) -> torch.Tensor:
+    """Inclusive prefix sum over the last dim by doubling (Hillis & Steele 1986, "Data parallel
+    algorithms"): ceil(log2 n) shifted adds, deterministic on every device and equal to cumsum within
+    fp32 rounding. Not a matmul with a triangular ones matrix: under TF32 matmuls (CUDA) that would
+    round the cumulative log decays to 10 mantissa bits, and exp(cum_i - cum_j) with them."""
+    n, shift = x.shape[-1], 1
+    while shift < n:
+        x = x + F.pad(x[..., :-shift], (shift, 0))
+        shift *= 2
+    return x
+
+
 def chunk_masks(log_decay_BHT, reset_BT, T: int, chunk: int, B: int, H: int, device):
     """Per-chunk decay factors with document resets, shared with the delta rule.
     cum is the in-chunk cumulative log decay. Returns (pair decay exp(cum_i - cum_j) [B,H,N,C,C] (0
@@ -40,12 +55,12 @@ def chunk_masks(log_decay_BHT, reset_BT, T: int, chunk: int, B: int, H: int, dev
     pad = (chunk - T % chunk) % chunk
     N = (T + pad) // chunk
     g = torch.zeros(B, H, T, device=device) if log_decay_BHT is None else log_decay_BHT.float()
-    cum_BHNC = F.pad(g, (0, pad)).view(B, H, N, chunk).cumsum(-1)
+    cum_BHNC = prefix_sum(F.pad(g, (0, pad)).view(B, H, N, chunk))
     causal_CC = torch.ones(chunk, chunk, dtype=torch.bool, device=device).tril()
     if reset_BT is None:
         seg_BHNC = torch.zeros(1, 1, N, chunk, dtype=torch.long, device=device)
     else:
-        seg_BHNC = F.pad(reset_BT.long(), (0, pad)).view(B, 1, N, chunk).cumsum(-1)  # resets since chunk start
+        seg_BHNC = F.pad(reset_BT.long(), (0, pad)).view(B, 1, N, chunk).cumsum(-1)  # resets since chunk start (integer: deterministic)
     same_BHNCC = causal_CC & (seg_BHNC[..., :, None] == seg_BHNC[..., None, :])
     diff_BHNCC = (cum_BHNC[..., :, None] - cum_BHNC[..., None, :]).masked_fill(~same_BHNCC, float("-inf"))
     pair_BHNCC = diff_BHNCC.exp()

@@ -6,7 +6,8 @@ splits into x (num_heads * head_dim), B and C (num_groups * state_size each); dt
 dt_bias), clamped to [dt_limit_min, dt_limit_max]; A = -exp(A_log), one scalar per head. The SSD
 recurrence h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t + D x_t is gated linear
 attention with q = C, k = dt B, v = x (linear_scan.py: chunked in training, recurrent per decoded
-token). Output: RMSNorm(y * silu(z)) per group (norm before gate = False, as mamba_ssm), out_proj.
+token; mamba_ssm's SSD kernel on CUDA where installed, kernels.py). Output: RMSNorm(y * silu(z)) per
+group (norm before gate = False, as mamba_ssm), out_proj.
 
 Decode state: conv state [B, conv_dim, kernel-1] and SSM state [B, H, state_size, head_dim], fixed size.
 Documents: the conv taps and the SSM state stop at document starts.
@@ -21,6 +22,7 @@ from torch import nn
 from train.model.config import MixerConfig, ModelConfig
 from train.model.documents import Documents, check_no_documents_with_cache
 from train.model.kv_cache import KVCache
+from train.model.mixer import kernels
 from train.model.mixer.causal_conv import CausalConv1d
 from train.model.mixer.linear_scan import chunked_linear_attention, recurrent_linear_attention
 from train.model.norm import GatedRMSNorm
@@ -34,12 +36,12 @@ class Mamba2(nn.Module):
         c = config.mamba2
         if c.num_heads % c.num_groups:
             raise ValueError(f"mamba2.num_heads={c.num_heads} must be a multiple of num_groups={c.num_groups}")
-        self.config, self.layer_idx = c, layer_idx
+        self.config, self.layer_idx, self.linear_kernels = c, layer_idx, model.linear_kernels
         self.num_heads, self.head_dim, self.state_size, self.num_groups = c.num_heads, c.head_dim, c.state_size, c.num_groups
         self.inner = c.num_heads * c.head_dim
         self.conv_dim = self.inner + 2 * c.num_groups * c.state_size
         self.in_proj = nn.Linear(model.dim, self.inner + self.conv_dim + c.num_heads, bias=c.bias)
-        self.conv1d = CausalConv1d(self.conv_dim, c.conv_kernel, bias=c.conv_bias)
+        self.conv1d = CausalConv1d(self.conv_dim, c.conv_kernel, bias=c.conv_bias, linear_kernels=model.linear_kernels)
         self.dt_bias = nn.Parameter(torch.zeros(c.num_heads))
         self.A_log = nn.Parameter(torch.zeros(c.num_heads))
         self.D = nn.Parameter(torch.ones(c.num_heads))
@@ -66,28 +68,42 @@ class Mamba2(nn.Module):
         conv_state = None if cache is None else cache.get_state(self.layer_idx, "conv")
         xBC_BTC, conv_state = self.conv1d(xBC_BTC, documents, conv_state)
         x_BTI, B_BTGN, C_BTGN = xBC_BTC.split([self.inner, G * N, G * N], dim=-1)
-        dt_BTH = F.softplus(dt_BTH.float() + self.dt_bias.float()).clamp(self.config.dt_limit_min, self.config.dt_limit_max)
         A_H = -self.A_log.float().exp()
-        x_BHTP = x_BTI.view(B, T, H, P).transpose(1, 2).float()
-        B_BHTN = B_BTGN.view(B, T, G, N).repeat_interleave(H // G, dim=2).transpose(1, 2).float()
-        C_BHTN = C_BTGN.view(B, T, G, N).repeat_interleave(H // G, dim=2).transpose(1, 2).float()
-        dt_BHT = dt_BTH.transpose(1, 2)
-        args = (C_BHTN, B_BHTN * dt_BHT[..., None], x_BHTP, dt_BHT * A_H[:, None], None if documents is None else documents.resets_BT)
         state = None if cache is None else cache.get_state(self.layer_idx, "recurrent")
-        if recurrent or (cache is not None and T == 1):
-            y_BHTP, state = recurrent_linear_attention(*args, state)
+        chunked = not (recurrent or (cache is not None and T == 1))
+        if chunked and kernels.runs(self.linear_kernels, "mamba_ssm", x_BTI):
+            y_BTHP, state = kernels.ssd(
+                x_BTI.view(B, T, H, P), dt_BTH, A_H, B_BTGN.view(B, T, G, N), C_BTGN.view(B, T, G, N), self.D, self.dt_bias,
+                (self.config.dt_limit_min, self.config.dt_limit_max), self.config.chunk_size, documents, state,
+                return_final_states=cache is not None)
+            y_BTI = y_BTHP.reshape(B, T, self.inner)
         else:
-            y_BHTP, state = chunked_linear_attention(*args, state, self.config.chunk_size)
+            y_BTI, state = self.torch_scan(x_BTI, dt_BTH, A_H, B_BTGN, C_BTGN, documents, state, chunked)
         if cache is not None:
             cache.set_state(self.layer_idx, "conv", conv_state)
             cache.set_state(self.layer_idx, "recurrent", state)
-        y_BHTP = y_BHTP + self.D.float()[:, None, None] * x_BHTP
-        y_BTI = y_BHTP.transpose(1, 2).reshape(B, T, self.inner)
         if self.norm is not None:
             y_BTI = self.norm(y_BTI, z_BTI)
         else:
             y_BTI = y_BTI * F.silu(z_BTI.float())
         return self.out_proj(y_BTI.to(x_BTD.dtype))
+
+    def torch_scan(self, x_BTI, dt_BTH, A_H, B_BTGN, C_BTGN, documents, state, chunked: bool):
+        """The SSD scan as gated linear attention in PyTorch: y + D x [B, T, inner] (fp32) and the new state."""
+        B, T, _ = x_BTI.shape
+        H, P, N, G = self.num_heads, self.head_dim, self.state_size, self.num_groups
+        dt_BTH = F.softplus(dt_BTH.float() + self.dt_bias.float()).clamp(self.config.dt_limit_min, self.config.dt_limit_max)
+        x_BHTP = x_BTI.view(B, T, H, P).transpose(1, 2).float()
+        B_BHTN = B_BTGN.view(B, T, G, N).repeat_interleave(H // G, dim=2).transpose(1, 2).float()
+        C_BHTN = C_BTGN.view(B, T, G, N).repeat_interleave(H // G, dim=2).transpose(1, 2).float()
+        dt_BHT = dt_BTH.transpose(1, 2)
+        args = (C_BHTN, B_BHTN * dt_BHT[..., None], x_BHTP, dt_BHT * A_H[:, None], None if documents is None else documents.resets_BT)
+        if chunked:
+            y_BHTP, state = chunked_linear_attention(*args, state, self.config.chunk_size)
+        else:
+            y_BHTP, state = recurrent_linear_attention(*args, state)
+        y_BHTP = y_BHTP + self.D.float()[:, None, None] * x_BHTP
+        return y_BHTP.transpose(1, 2).reshape(B, T, self.inner), state
 
     def state_bytes(self, dtype: torch.dtype) -> int:
         return self.conv1d.state_bytes(dtype) + self.num_heads * self.head_dim * self.state_size * dtype.itemsize
