@@ -42,9 +42,9 @@ from common.paths import CONFIGS_DIR  # noqa: E402
 from data.prepare import FORMAT_VERSION, MANIFEST  # noqa: E402
 from data.shards import ShardWriter  # noqa: E402
 from train.callbacks import Checkpoints, FinalModel, Summary, Validate  # noqa: E402
-from train.model.config import ModelConfig, apply_overrides, load_preset  # noqa: E402
+from train.model.config import ModelConfig, apply_overrides  # noqa: E402
 from train.model.transformer import Transformer  # noqa: E402
-from train.parallel.world import close_world  # noqa: E402
+from train.parallel.world import close_world, set_determinism  # noqa: E402
 from train.run_folder import METRICS  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
@@ -304,7 +304,9 @@ def part_d(work: Path, case: str, smoke: bool) -> None:
 
 def part_e(work: Path, case: str, smoke: bool) -> None:
     """Losses of 3 steps per preset and precision: case "reference" on the CPU, "device" on the check's
-    device (the CPU too under --smoke); the table compares them."""
+    device (the CPU too under --smoke); the table compares them. Deterministic kernels on both sides
+    (trainer.deterministic; without it an MoE run differs from itself)."""
+    set_determinism(True)  # before any CUDA work: CUBLAS_WORKSPACE_CONFIG
     device = torch.device("cpu") if case == "reference" else DEVICE
     presets = ["llama3_tiny", "qwen3_moe_tiny"] if smoke else TINY_PRESETS
     for preset in presets:
@@ -313,7 +315,7 @@ def part_e(work: Path, case: str, smoke: bool) -> None:
             try:
                 records = train_run(work, f"e-{case}-{preset}-{precision}", [
                     f"model={preset}", *batch_args(4, 128, 3, 1), f"parallel.param_dtype={precision}",
-                    "parallel.tf32=false"], device)
+                    "parallel.tf32=false", "trainer.deterministic=true"], device)
                 emit(work, "e", preset, **row, losses=[r["loss"] for r in records])
             except Exception as error:
                 emit(work, "e", preset, **row, error=f"{type(error).__name__}: {str(error)[:120]}")
@@ -377,15 +379,15 @@ def parity_rows(rows: list) -> list:
         else:
             row["max_rel_diff"] = f"{relative_difference(gpu['losses'], cpu['losses']):.2e}"
             row["cpu_losses"] = " ".join(f"{x:.4f}" for x in cpu["losses"])
-            row[f"{gpu['device']}_losses"] = " ".join(f"{x:.4f}" for x in gpu["losses"])
+            row["device_losses"] = f"{gpu['device']}: " + " ".join(f"{x:.4f}" for x in gpu["losses"])
         out.append(row)
     return out
 
 
-def table(work: Path) -> str:
+def table(work: Path, smoke: bool) -> str:
     rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()] \
         if (work / "results.jsonl").exists() else []
-    lines = []
+    lines = ["--smoke: tiny sizes on the CPU (the titles give the full sizes)"] if smoke else []
     for part, title in TITLES.items():
         mine = [r for r in rows if r["part"] == part]
         if part == "e":
@@ -425,7 +427,7 @@ def main() -> None:
     elif args.command == "data":
         write_data(args.work / "data", args.smoke)
     elif args.command == "table":
-        print(table(args.work), end="")
+        print(table(args.work, args.smoke), end="")
     else:
         try:
             PARTS[args.part](args.work, args.case, args.smoke)

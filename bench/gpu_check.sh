@@ -48,7 +48,7 @@ while read -r part case limit; do
     echo "   $((SECONDS - t0)) s" | tee -a "$LOG"
 done < <($PY bench/gpu_check.py cases $SMOKE)
 
-$PY bench/gpu_check.py table --work "$WORK" >"$WORK/gpu_check.md"
+$PY bench/gpu_check.py table --work "$WORK" $SMOKE >"$WORK/gpu_check.md"
 echo "total $((SECONDS - started)) s" >>"$WORK/gpu_check.md"
 if [ -n "${OUT:-}" ]; then
     cp "$WORK/gpu_check.md" "$WORK/results.jsonl" "$LOG" "$OUT"/ 2>/dev/null
