@@ -74,7 +74,7 @@ LINEAR = {"gated_deltanet": ("qwen3_next_tiny", ["fla"]), "mamba2": ("mamba2_tin
 
 def cases(smoke: bool):
     """(part, case, seconds): the time limit of each case's process. The full limits add up to 490 s
-    on one H200 (expected: about 6)."""
+    on one H200 (expected: about 6 minutes)."""
     a = [(f"doc_{d}-compile_{c}", (120 if smoke else 90) if c == "on" else (40 if smoke else 35))
          for c in ("off", "on") for d in ("on", "off")]
     return ([("a", name, limit) for name, limit in a]
