@@ -5,10 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# Without CUDA, torch is pinned to the CPU build that the project is tested with, installed before
-# anything that depends on it, so pip never pulls a multi-GB CUDA build. Extra pip arguments (e.g. a
-# CPU wheel index) go in TORCH_PIP_ARGS.
-TORCH_CPU ?= torch==2.13.0
+# torch is pinned to the version the project is tested with and installed before anything that
+# depends on it: with CUDA (nvidia-smi works) the default index's wheel, built with CUDA; without it the
+# same version, where TORCH_PIP_ARGS names a CPU wheel index, so pip never pulls a multi-GB CUDA build.
+# Extra pip arguments for torch go in TORCH_PIP_ARGS, in both cases.
+TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
 .PHONY: setup demo test test-slow bench clean
@@ -17,11 +18,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		$(PIP) install $(TORCH_PIP_ARGS) torch; \
-	else \
-		$(PIP) install $(TORCH_PIP_ARGS) $(TORCH_CPU); \
-	fi
+	$(PIP) install $(TORCH_PIP_ARGS) $(TORCH)
 	# DeepSpeed's build imports torch, so no build isolation; its ops compile on first use, not now.
 	DS_BUILD_OPS=0 $(PIP) install --no-build-isolation "deepspeed>=0.16"
 	$(PIP) install -e ".[test]"

@@ -1,9 +1,9 @@
 """Forward + backward time per token of each token mixer against softmax attention.
 
-    python bench/mixers.py [--lengths 512 2048 8192] [--repeats 2]
+    python bench/mixers.py [--lengths 512 2048 8192] [--repeats 2] [--device cuda]
 
-One mixer layer (no embeddings, no FFN) at dim 256 with 4 heads, batch 1, fp32 on the CPU, training
-forms (softmax attention through SDPA; MLA; chunked scans for linear attention, Gated DeltaNet and
+One mixer layer (no embeddings, no FFN) at dim 256 with 4 heads, batch 1, fp32 on --device (default:
+CUDA when available, else the CPU), training forms (softmax attention through SDPA; MLA; chunked scans for linear attention, Gated DeltaNet and
 Mamba2; the parallel hybrid runs attention and Mamba2 side by side). Prints microseconds per token,
 the best of `repeats` runs after one warm-up. Linear mixers should stay flat per token (O(T)
 total), softmax attention and MLA grow with T (O(T^2)). No asserts.
@@ -45,19 +45,27 @@ MIXER_CONFIGS = {
 }
 
 
-def time_per_token(name: str, length: int, repeats: int) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_per_token(name: str, length: int, repeats: int, device: torch.device) -> float:
     model = ModelConfig(dim=DIM, position=PositionConfig(kind="rope"))
     torch.manual_seed(0)
     mixer = build_mixer(MIXER_CONFIGS[name], model, 0)
     for module in mixer.modules():
         if hasattr(module, "reset_extra_parameters"):
             module.reset_extra_parameters()
-    x_BTD = torch.randn(1, length, DIM, requires_grad=True)
-    positions_BT = torch.arange(length)[None]
+    mixer.to(device)
+    x_BTD = torch.randn(1, length, DIM, device=device, requires_grad=True)
+    positions_BT = torch.arange(length, device=device)[None]
     best = float("inf")
     for i in range(repeats + 1):  # the first run warms up
+        synchronize(device)
         start = time.perf_counter()
         mixer(x_BTD, positions_BT).square().mean().backward()
+        synchronize(device)
         if i:
             best = min(best, time.perf_counter() - start)
         mixer.zero_grad(set_to_none=True)
@@ -70,17 +78,20 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mixers", nargs="+", default=list(MIXER_CONFIGS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     started = time.perf_counter()
     header = ["mixer (us/token, fwd+bwd)"] + [f"T={n}" for n in args.lengths] + [f"x vs softmax @T={args.lengths[-1]}"]
     rows, softmax_last = [], None
     for name in args.mixers:
-        times = [time_per_token(name, n, args.repeats) for n in args.lengths]
+        times = [time_per_token(name, n, args.repeats, device) for n in args.lengths]
         if name == "softmax_attention":
             softmax_last = times[-1]
         rows.append([name] + [f"{t:.1f}" for t in times] + [f"{times[-1] / softmax_last:.2f}" if softmax_last else "-"])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    print(f"dim {DIM}, {HEADS} heads of {HEAD_DIM}, batch 1, fp32, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"dim {DIM}, {HEADS} heads of {HEAD_DIM}, batch 1, fp32, {where}")
     for row in [header] + rows:
         print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -1,9 +1,10 @@
 """Forward + backward tokens/s of one MoE layer: ours (grouped matmul, sorted loop), a naive loop over
 all experts, and transformers' Qwen3MoeSparseMoeBlock on the same configuration and weights.
 
-    python bench/moe.py [--tokens 4096] [--dim 512] [--experts 32] [--top-k 4] [--expert-dim 256] [--repeats 3]
+    python bench/moe.py [--tokens 4096] [--dim 512] [--experts 32] [--top-k 4] [--expert-dim 256] [--repeats 3] [--device cuda]
 
-Softmax top-k router + SwiGLU experts (Qwen3-MoE), fp32 and bf16 on the CPU; best of `repeats` runs
+Softmax top-k router + SwiGLU experts (Qwen3-MoE), fp32 and bf16 on --device (default: CUDA when
+available, else the CPU); best of `repeats` runs
 after one warm-up, implementations interleaved. The naive loop runs every expert on a masked copy of all tokens (E x the routed
 work: what "never a loop over all experts for every token" forbids). transformers 5 picks its experts
 kernel with `experts_implementation`: "eager" loops over the experts hit, "grouped_mm" is its default.
@@ -32,7 +33,7 @@ def naive_all_experts(layer: MoE):
     def forward(x_BTD):
         x_TD = x_BTD.reshape(-1, x_BTD.shape[-1])
         weights_TK, choices_TK, _, _ = layer.router(x_BTD)
-        dense_TE = torch.zeros(x_TD.shape[0], layer.num_experts, dtype=x_TD.dtype).scatter_add_(1, choices_TK, weights_TK)
+        dense_TE = x_TD.new_zeros(x_TD.shape[0], layer.num_experts).scatter_add_(1, choices_TK, weights_TK)
         ex, y_TD = layer.experts, torch.zeros_like(x_TD)
         for e in range(layer.num_experts):
             h_TF = torch.nn.functional.silu(x_TD @ ex.w1_EFD[e].T) * (x_TD @ ex.w3_EFD[e].T)
@@ -42,7 +43,7 @@ def naive_all_experts(layer: MoE):
     return forward
 
 
-def build(args, dtype):
+def build(args, dtype, device):
     torch.manual_seed(0)
     hf_config = Qwen3MoeConfig(hidden_size=args.dim, moe_intermediate_size=args.expert_dim, num_experts=args.experts,
                                num_experts_per_tok=args.top_k, norm_topk_prob=True)
@@ -70,16 +71,23 @@ def build(args, dtype):
     modules = {"ours, grouped_mm": ours[True], "ours, sorted loop": ours[False], "naive loop over all experts": ours[True],
                "transformers, eager": hf["eager"], "transformers, grouped_mm": hf["grouped_mm"]}
     for m in modules.values():
-        m.to(dtype)
+        m.to(device, dtype)
     calls = {name: (naive_all_experts(m) if name.startswith("naive") else m) for name, m in modules.items()}
     return modules, calls
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def seconds(module, call, x_BTD):
     module.zero_grad(set_to_none=True)
     x = x_BTD.detach().requires_grad_()
+    synchronize(x.device)
     start = time.perf_counter()
     call(x).float().square().mean().backward()
+    synchronize(x.device)
     return time.perf_counter() - start
 
 
@@ -102,13 +110,16 @@ def main():
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--expert-dim", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"MoE layer fwd+bwd, {args.tokens} tokens, dim {args.dim}, {args.experts} experts of {args.expert_dim}, top {args.top_k}, "
-          f"{torch.get_num_threads()} threads")
-    x_BTD = torch.randn(args.tokens // 512, 512, args.dim)
+          f"{where}")
+    x_BTD = torch.randn(args.tokens // 512, 512, args.dim, device=device)
     results = {}
     for dtype in (torch.float32, torch.bfloat16):
-        modules, calls = build(args, dtype)
+        modules, calls = build(args, dtype, device)
         with torch.no_grad():  # same weights, same outputs (sanity, not a test)
             ref = calls["ours, grouped_mm"](x_BTD[:1].to(dtype)).float()
             for name in calls:

@@ -87,6 +87,13 @@ class ParallelConfig:
     # False: keep each block's gathered (compute-dtype) weights from forward to backward (ZeRO-2-like): no
     # second all-gather and cast in backward, for the memory of one unsharded copy of the blocks
     reshard_after_forward: bool = True
+    tf32: bool = True  # CUDA: fp32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high"))
+    # Seconds the rendezvous and process-group start (init_process_group, NCCL's eager init) may take:
+    # generous, since the nodes of a large job start minutes apart.
+    init_timeout_s: float = 1800.0
+    # Seconds a collective may wait during training before the run fails (NCCL's default is 600): set on
+    # every process group once they exist; raise it for very slow checkpoint storage.
+    timeout_s: float = 600.0
 
 
 @dataclass

@@ -5,16 +5,18 @@ the same W&B run is resumed (its id is kept in the run folder), so steps stay al
 SLURM requeues. The W&B run config is the resolved training config plus `launch`: the SLURM job id,
 node list and restart count, the elastic restart count, the world size and the git commit.
 MFU = achieved model FLOP/s / peak FLOP/s, with the model's training FLOPs per token from the
-inspector (train/model/summary.py) and the peak from config, a table of known GPUs, or (on CPU) a
-short matmul measurement.
+inspector (train/model/summary.py) and the peak from config, a table of known GPUs' datasheet figures
+(bf16, TF32 and plain fp32), or (on CPU) a short matmul measurement.
 """
 
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -24,8 +26,31 @@ from common.atomic import atomic_write
 from train.config import LoggingConfig
 from train.run_folder import METRICS, wandb_run_id
 
-# Dense bf16 tensor-core peaks per GPU, TFLOP/s (vendor datasheets, without sparsity).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+@dataclass(frozen=True)
+class GpuPeak:
+    """Vendor datasheet figures per GPU, TFLOP/s, dense (without 2:4 sparsity)."""
+
+    pattern: str  # a regular expression searched in torch.cuda.get_device_name
+    bf16: float  # tensor cores
+    tf32: float  # tensor cores: fp32 matmuls with TF32 on (parallel.tf32)
+    fp32: float  # plain fp32 (CUDA cores): fp32 matmuls with TF32 off
+
+
+# First match wins, so a variant comes before its family's plain name ("H100 PCIe" before "H100"), and
+# the patterns keep other names out (A10 not A100 or A10G; H200 not GH200). The SXM parts report plain
+# names: "NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA A100-SXM4-80GB", "NVIDIA B200".
+GPU_PEAKS = (
+    GpuPeak(r"\bH100 PCIe\b", bf16=756.0, tf32=378.0, fp32=51.0),
+    GpuPeak(r"\bH100 NVL\b", bf16=835.0, tf32=418.0, fp32=60.0),
+    GpuPeak(r"\bH100\b", bf16=989.0, tf32=495.0, fp32=67.0),  # SXM
+    GpuPeak(r"\bH200 NVL\b", bf16=835.0, tf32=418.0, fp32=60.0),
+    GpuPeak(r"\bH200\b", bf16=989.0, tf32=495.0, fp32=67.0),  # SXM: the H100's chip, more memory
+    GpuPeak(r"\bB200\b", bf16=2250.0, tf32=1125.0, fp32=75.0),  # HGX B200 datasheet / 8 GPUs, halved
+    GpuPeak(r"\bA100\b", bf16=312.0, tf32=156.0, fp32=19.5),  # SXM and PCIe alike
+    GpuPeak(r"\bL40S\b", bf16=362.0, tf32=183.0, fp32=91.6),
+    GpuPeak(r"\bA10\b", bf16=125.0, tf32=62.5, fp32=31.2),
+)
 
 
 def measure_cpu_tflops(dtype: torch.dtype, trials: int = 5) -> float:
@@ -43,15 +68,25 @@ def measure_cpu_tflops(dtype: torch.dtype, trials: int = 5) -> float:
     return best
 
 
+def gpu_peak_tflops(name: str, dtype: torch.dtype, tf32: bool) -> float:
+    """The datasheet peak of a GPU called `name` for matmuls in `dtype` (fp32: the TF32 rate when `tf32`);
+    NaN for a GPU not in GPU_PEAKS (set logging.peak_tflops then)."""
+    for peak in GPU_PEAKS:
+        if re.search(peak.pattern, name):
+            if dtype == torch.float32:
+                return peak.tf32 if tf32 else peak.fp32
+            return peak.bf16
+    return float("nan")
+
+
 def peak_tflops(config: LoggingConfig, device: torch.device, dtype: torch.dtype) -> float:
+    """Per device: logging.peak_tflops, else the GPU's datasheet figure (for fp32, whether TF32 is on as
+    the process has it, set from parallel.tf32 by init_world), else on CPU a measured matmul."""
     if config.peak_tflops:
         return config.peak_tflops
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in PEAK_TFLOPS.items():
-            if key in name:
-                return value if dtype == torch.bfloat16 else value / 2  # tf32 is half the bf16 rate
-        return float("nan")
+        tf32 = torch.get_float32_matmul_precision() != "highest"
+        return gpu_peak_tflops(torch.cuda.get_device_name(device), dtype, tf32)
     return measure_cpu_tflops(dtype)
 
 
@@ -59,6 +94,26 @@ def memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
+
+
+def memory_stats(device: torch.device) -> Dict[str, float]:
+    """Memory figures since the last reset_memory_stats. CUDA: the peaks of memory held by tensors
+    (`memory_gb`) and by the caching allocator (`memory_reserved_gb`; far above the first: fragmentation),
+    cudaMalloc retries after freeing the cache (`alloc_retries`: close to running out) and `ooms`.
+    CPU: the process's peak resident memory since it started (`memory_gb`)."""
+    if device.type != "cuda":
+        return {"memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}  # KiB on Linux -> GB
+    stats = torch.cuda.memory_stats(device)
+    return {"memory_gb": stats.get("allocated_bytes.all.peak", 0) / 1e9,
+            "memory_reserved_gb": stats.get("reserved_bytes.all.peak", 0) / 1e9,
+            "alloc_retries": stats.get("num_alloc_retries", 0), "ooms": stats.get("num_ooms", 0)}
+
+
+def reset_memory_stats(device: torch.device) -> None:
+    """Start a new interval for memory_stats (CUDA: peaks, retries and OOMs; nothing to do on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.reset_accumulated_memory_stats(device)  # num_alloc_retries and num_ooms count from here
 
 
 class MetricsLogger:

@@ -5,6 +5,12 @@ from a laptop to a cluster: `torchrun` sets RANK/WORLD_SIZE/MASTER_ADDR, a plain
 gets a one-rank group on a free local port. The device comes from the config or the environment
 (CUDA when available), never from a hard-coded string; CPU uses gloo, CUDA uses NCCL (with gloo
 beside it for CPU tensors). Meshes and the other groups are train/parallel/dims.py's.
+
+Two timeouts: `parallel.init_timeout_s` bounds the rendezvous and the start of the group (NCCL is
+initialised eagerly, bound to this rank's GPU through `device_id`); `parallel.timeout_s` bounds each
+collective afterwards. torch has no public setter for a group's timeout after creation, so
+`set_collective_timeout` uses `distributed_c10d._set_pg_timeout` (torch >= 2.4), on every group that
+exists when it is called.
 """
 
 import os
@@ -42,10 +48,35 @@ def pick_device(config: ParallelConfig, local_rank: int) -> torch.device:
     return torch.device(kind)
 
 
-TIMEOUT = timedelta(minutes=10)
+def set_tf32(enabled: bool) -> None:
+    """fp32 matmuls and convolutions on TF32 tensor cores (CUDA; ~8x the plain fp32 rate, 10-bit mantissa
+    inputs). Through the legacy setters only: assigning the newer `fp32_precision = "tf32"` makes
+    `torch.get_float32_matmul_precision()` raise, which Inductor's max-autotune calls."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
-def restart_scoped_store():
+def set_determinism(enabled: bool) -> None:
+    """Deterministic kernels (trainer.deterministic), for bit-exact restarts. Call before any CUDA work:
+    cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates its first handle, and without it
+    torch.use_deterministic_algorithms makes every CUDA matmul raise. A value the user set is kept."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False  # autotuning may pick a different algorithm per run
+    torch.backends.cudnn.deterministic = enabled
+    torch.use_deterministic_algorithms(enabled)
+
+
+def set_collective_timeout(config: ParallelConfig) -> None:
+    """`parallel.timeout_s` on every process group that exists now: the default group after
+    init_world, and again after ParallelDims.build for the groups of its meshes (created with
+    torch's default timeout otherwise)."""
+    timeout = timedelta(seconds=config.timeout_s)
+    for group in list(dist.distributed_c10d._world.pg_map):
+        dist.distributed_c10d._set_pg_timeout(timeout, group)
+
+
+def restart_scoped_store(timeout: timedelta):
     """The rendezvous store, with keys scoped to this restart of the workers (TORCHELASTIC_RESTART_COUNT):
     torchrun keeps its agent's store across elastic restarts without prefixing the workers' keys, so
     restarted workers would read the dead ones' addresses. Multi-node launchers set
@@ -56,7 +87,7 @@ def restart_scoped_store():
     if int(os.environ.get("GROUP_WORLD_SIZE", 1)) > 1 and os.environ.get("RANK") == "0":
         warnings.warn("several torchrun nodes share the agent's store: elastic restarts may hang; "
                       "set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun (as slurm/job.sbatch.j2 does)")
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=TIMEOUT)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
     return dist.PrefixStore(f"/worker/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
@@ -65,9 +96,20 @@ def init_world(config: ParallelConfig) -> World:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     rank, local_rank, size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     device = pick_device(config, local_rank)
+    if device.type == "cuda":
+        set_tf32(config.tf32)
     if not dist.is_initialized():
-        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=TIMEOUT, store=restart_scoped_store(), rank=rank, world_size=size)
+        if config.init_timeout_s <= 0 or config.timeout_s <= 0:
+            raise ValueError(f"parallel.init_timeout_s={config.init_timeout_s}, parallel.timeout_s={config.timeout_s}: "
+                             "both must be positive seconds")
+        cuda = device.type == "cuda"
+        if cuda:  # a failed or timed-out NCCL collective brings the process down instead of hanging it
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+        init_timeout = timedelta(seconds=config.init_timeout_s)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=init_timeout,
+                                store=restart_scoped_store(init_timeout), rank=rank, world_size=size,
+                                device_id=device if cuda else None)
+        set_collective_timeout(config)
     return World(rank, local_rank, size, device)
 
 
