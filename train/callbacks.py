@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from train import run_folder
-from train.metrics import MetricsLogger, Throughput, format_line, memory_gb, peak_tflops
+from train.metrics import MetricsLogger, Throughput, format_line, memory_stats, peak_tflops, reset_memory_stats
 from train.model import save_model
 from train.model.folder import model_from_state_dict
 from train.model.summary import summarize
@@ -55,6 +55,7 @@ class LogMetrics(Callback):
                     f"{trainer.world.device.type}, {trainer.plan.describe()}, "
                     f"{cfg.trainer.global_batch_size} samples of up to {cfg.data.seq_len} tokens per step")
         self.throughput.reset()
+        reset_memory_stats(trainer.world.device)
 
     def on_step(self, trainer, result: StepResult) -> None:
         self.throughput.add(result.tokens)  # a dropped step's time and tokens count too
@@ -63,9 +64,10 @@ class LogMetrics(Callback):
         step = trainer.progress.step
         rate, mfu = self.throughput.read()
         record = {"step": step, **result.figures, "tokens_per_s": rate, "mfu": mfu, "tokens_seen": trainer.progress.tokens_seen,
-                  "memory_gb": memory_gb(trainer.world.device)}
+                  **memory_stats(trainer.world.device)}
         self.logger.log(record)
         trainer.say(format_line(record, self.max_steps))
+        reset_memory_stats(trainer.world.device)  # each record holds its interval's peaks
 
 
 class Validate(Callback):

@@ -90,12 +90,6 @@ def peak_tflops(config: LoggingConfig, device: torch.device, dtype: torch.dtype)
     return measure_cpu_tflops(dtype)
 
 
-def memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB
-
-
 def memory_stats(device: torch.device) -> Dict[str, float]:
     """Memory figures since the last reset_memory_stats. CUDA: the peaks of memory held by tensors
     (`memory_gb`) and by the caching allocator (`memory_reserved_gb`; far above the first: fragmentation),

@@ -29,7 +29,7 @@ from train.optim import build_optimizer, build_scheduler, register_router_bias_u
 from train.parallel.dims import ParallelDims
 from train.parallel.fsdp import parallelize
 from train.parallel.grad_norm import clip_grad_norm
-from train.parallel.world import World, all_reduce_sum, init_world
+from train.parallel.world import World, all_reduce_sum, init_world, set_collective_timeout, set_determinism
 from train.progress import Progress, StepResult
 
 
@@ -37,10 +37,10 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.stage = stages.stage_of(config)  # resolves config.model from init.weights
+        set_determinism(config.trainer.deterministic)  # before any CUDA work
         self.world: World = init_world(config.parallel)
-        if config.trainer.deterministic:
-            torch.use_deterministic_algorithms(True)
         self.dims = ParallelDims.build(config.parallel, self.world, config.model)
+        set_collective_timeout(config.parallel)  # every group exists now: parallel.timeout_s on each
         self.run_dir = config.run_dir
         self.data = stages.stage_data(self.stage, config)
         self.say(f"data: {self.data.report}")

@@ -59,7 +59,7 @@ def load_hf_model(directory: Path) -> Transformer:
 def _architecture(config: ModelConfig) -> dict:
     """Flat dict of everything that changes the computation, with defaults resolved."""
     arch = asdict(config)
-    for key in ("family", "init_std", "attention_backend", "mixers", "ffns", "layer_mixers", "layer_ffns", "shortcut_moe"):
+    for key in ("family", "init_std", "attention_backend", "linear_kernels", "mixers", "ffns", "layer_mixers", "layer_ffns", "shortcut_moe"):
         del arch[key]
     if config.position.kind != "yarn":
         del arch["position"]["yarn"]
@@ -78,8 +78,7 @@ def _architecture(config: ModelConfig) -> dict:
     return {k: v for k, v in _flatten(arch).items() if not k.endswith(TRAINING_ONLY)}
 
 
-TRAINING_ONLY = (".chunk_size", ".grouped_mm", ".aux_loss_coef", ".aux_loss_kind", ".z_loss_coef", ".bias_update_speed",
-                 "linear_kernels")
+TRAINING_ONLY = (".chunk_size", ".grouped_mm", ".aux_loss_coef", ".aux_loss_kind", ".z_loss_coef", ".bias_update_speed")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
