@@ -123,6 +123,7 @@ def test_zero_experts_and_bias_take_part_in_longcat_routing(loaded):
     x_BTD = torch.randn(3, 20, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         with_bias = moe(x_BTD)
+        moe.record_loads()
         assert moe.loads()[-2] > 0  # choices of zero experts
         saved = moe.router.score_correction_bias.clone()
         moe.router.score_correction_bias.zero_()
