@@ -17,6 +17,8 @@ Parts (full sizes for one H200; --smoke: tiny sizes on the CPU, to prove the scr
      (parallel.tf32=false: plain fp32 on both) and bf16; the table gives the max relative loss difference
   f  model.linear_kernels=auto vs torch for gated_deltanet (qwen3_next_tiny) and mamba2 (mamba2_tiny):
      the losses of 3 steps; skipped where the kernel libraries or the key are missing
+  g  host syncs in a step that does not report, counted by CUDA itself (torch.cuda.set_sync_debug_mode):
+     the dense model with document masks (FlexAttention) and the MoE model; 0 expected (CPU: skipped)
 Every case appends JSON lines {"part", "case", ...} to DIR/results.jsonl.
 """
 
@@ -73,16 +75,17 @@ LINEAR = {"gated_deltanet": ("qwen3_next_tiny", ["fla"]), "mamba2": ("mamba2_tin
 
 
 def cases(smoke: bool):
-    """(part, case, seconds): the time limit of each case's process. The full limits add up to 490 s
-    on one H200 (expected: about 6 minutes)."""
-    a = [(f"doc_{d}-compile_{c}", (120 if smoke else 90) if c == "on" else (40 if smoke else 35))
+    """(part, case, seconds): the time limit of each case's process. The full limits add up to 460 s on one
+    H200 (+ at most 60 s for the data; expected in all: about 6 minutes)."""
+    a = [(f"doc_{d}-compile_{c}", (120 if smoke else 70) if c == "on" else (40 if smoke else 30))
          for c in ("off", "on") for d in ("on", "off")]
     return ([("a", name, limit) for name, limit in a]
-            + [("b", "qwen3_moe", 60 if smoke else 45)]
-            + [("c", f"T={t}", 60 if smoke else 35) for t in ((256, 512) if smoke else (16384, 32768))]
-            + [("d", "modes", 90 if smoke else 40)]
-            + [("e", "reference", 90 if smoke else 35), ("e", "device", 90 if smoke else 30)]
-            + [("f", "linear_kernels", 30 if smoke else 20)])
+            + [("b", "qwen3_moe", 60 if smoke else 40)]
+            + [("c", f"T={t}", 60 if smoke else 30) for t in ((256, 512) if smoke else (16384, 32768))]
+            + [("d", "modes", 90 if smoke else 35)]
+            + [("e", "reference", 90 if smoke else 30), ("e", "device", 90 if smoke else 25)]
+            + [("f", "linear_kernels", 30 if smoke else 20)]
+            + [("g", name, 60 if smoke else 25) for name in ("dense", "moe")])
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -340,6 +343,42 @@ def part_f(work: Path, case: str, smoke: bool) -> None:
                  max_rel_diff=f"{relative_difference(losses['auto'], losses['torch']):.2e}")
 
 
+def part_g(work: Path, case: str, smoke: bool) -> None:
+    """Three steps (compiles, caches, optimizer state), then one step that does not report, under CUDA's
+    sync debug mode: every synchronising call in it warns, with the Python line that made it."""
+    if DEVICE.type != "cuda":
+        emit(work, "g", case, skipped="needs CUDA")
+        return
+    import warnings
+
+    shape = {"dense": DENSE_SMOKE if smoke else DENSE_1B, "moe": MOE_SMOKE if smoke else MOE}[case]
+    sizes = batch_args(2, 128, 10, 10) if smoke else batch_args(2, 4096, 10, 10)
+    config = OmegaConf.to_object(compose("train", [f"data.path={work / 'data'}", f"out_dir={work / 'runs'}",
+                                                   f"run_name=g-{case}", "parallel.device=cuda", "trainer.val_every=0",
+                                                   "data.document_masking=true", *shape, *sizes]))
+    trainer = Trainer(config)
+    try:
+        for _ in range(3):
+            step = trainer.progress.step + 1
+            trainer.train_step(trainer.stream.next_step(trainer.plan.accumulation, step), report=False)
+            trainer.progress.step = step
+        batches = trainer.stream.next_step(trainer.plan.accumulation, trainer.progress.step + 1)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                trainer.train_step(batches, report=False)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message).splitlines()[0][:120] for w in caught if "synchroniz" in str(w.message).lower()]
+        emit(work, "g", case, host_syncs=len(syncs), first=syncs[:3])
+    finally:
+        trainer.close()
+        del trainer
+        free_memory()
+
+
 def importable(module: str) -> bool:
     try:
         __import__(module)
@@ -352,7 +391,7 @@ def relative_difference(a: list, b: list) -> float:
     return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)) if len(a) == len(b) else float("inf")
 
 
-PARTS = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e, "f": part_f}
+PARTS = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e, "f": part_f, "g": part_g}
 
 
 # --- the tables ---------------------------------------------------------------------------------------
@@ -362,7 +401,8 @@ TITLES = {"a": "(a) ~1.1B dense Llama, seq 4096: the trainer's own figures (metr
           "c": "(c) attention backends with document masks (bf16; differences vs dense in the same run)",
           "d": "(d) checkpoint blocking per mode (seconds save() held training)",
           "e": "(e) CPU vs GPU loss parity, tiny presets, 3 steps (max relative difference)",
-          "f": "(f) linear-mixer kernels: model.linear_kernels=auto vs torch, 3 steps"}
+          "f": "(f) linear-mixer kernels: model.linear_kernels=auto vs torch, 3 steps",
+          "g": "(g) host syncs in a step that does not report (CUDA's sync debug mode; 0 expected)"}
 
 
 def parity_rows(rows: list) -> list:

@@ -2,7 +2,7 @@
 # The GPU check: every case of bench/gpu_check.py in its own process under its own time limit, then the
 # tables (printed last, and written to $OUT/gpu_check.md with the results and the log when $OUT is set).
 #
-#   bash bench/gpu_check.sh            # one H200: about 6 minutes; the limits add up to 490 s (+ 60 s for the data at most)
+#   bash bench/gpu_check.sh            # one H200: about 6 minutes; the limits add up to 460 s (+ 60 s for the data at most)
 #   bash bench/gpu_check.sh --smoke    # tiny sizes on the CPU: proves the script end to end
 #
 # Run from anywhere; it works in the repository root. Needs torch, hydra-core, omegaconf, torchdata and
