@@ -51,8 +51,17 @@ def position_from_hf(hf: dict) -> dict:
             "attention_factor": rope.get("attention_factor"),
             "truncate": rope.get("truncate", True),
         }
+    elif rope_type in ("linear", "dynamic", "llama3"):  # position.scaling; transformers' ROPE_INIT_FUNCTIONS
+        position["scaling"] = {"kind": rope_type, "factor": rope["factor"]}
+        if rope_type == "dynamic":  # transformers scales against max_position_embeddings here
+            position["scaling"]["original_context"] = hf["max_position_embeddings"]
+        if rope_type == "llama3":
+            position["scaling"].update(original_context=rope["original_max_position_embeddings"],
+                                       low_freq_factor=rope["low_freq_factor"], high_freq_factor=rope["high_freq_factor"])
     elif rope_type != "default":
-        raise ValueError(f"config.json rope_type={rope_type!r} is not supported; supported: default, yarn")
+        raise ValueError(
+            f"config.json rope_type={rope_type!r} is not supported; supported: default, yarn, linear, dynamic, llama3"
+        )
     return position
 
 
@@ -63,6 +72,12 @@ def position_to_hf(position) -> dict:
         rope.update(rope_type="yarn", factor=y.factor, original_max_position_embeddings=y.original_context,
                     beta_fast=y.beta_fast, beta_slow=y.beta_slow, truncate=y.truncate)
         rope.update({k: getattr(y, k) for k in ("mscale", "mscale_all_dim", "attention_factor") if getattr(y, k) is not None})
+    elif position.scaling.kind != "none":  # dynamic's original context is max_position_embeddings (= max_seq_len)
+        s = position.scaling
+        rope.update(rope_type=s.kind, factor=s.factor)
+        if s.kind == "llama3":
+            rope.update(original_max_position_embeddings=s.original_context, low_freq_factor=s.low_freq_factor,
+                        high_freq_factor=s.high_freq_factor)
     return rope
 
 
