@@ -1,5 +1,6 @@
-"""Positional embeddings against references: transformers' rope/yarn functions, Meta's complex
-number rope (interleaved), the sinusoid formula of Vaswani et al."""
+"""Positional embeddings against references: transformers' rope/yarn functions and rope scalings
+(linear, dynamic NTK, Llama 3.1), Meta's complex number rope (interleaved), the sinusoid formula of
+Vaswani et al."""
 
 import math
 
@@ -9,7 +10,7 @@ from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from train.model.config import PositionConfig, YarnConfig
+from train.model.config import PositionConfig, RopeScalingConfig, YarnConfig
 from train.model.position.rope import Rotary, rope_inv_freq
 from train.model.position.sinusoidal import SinusoidalPosition
 from train.model.position.yarn import yarn_inv_freq
@@ -84,3 +85,76 @@ def test_sinusoidal_matches_paper_formula():
         for i in range(D // 2):
             assert actual[row, 2 * i].item() == pytest.approx(math.sin(pos / 10000 ** (2 * i / D)), abs=1e-6)
             assert actual[row, 2 * i + 1].item() == pytest.approx(math.cos(pos / 10000 ** (2 * i / D)), abs=1e-6)
+
+
+def _hf_rope(head_dim, theta, max_position=8192, **rope):
+    return LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, head_dim=head_dim, max_position_embeddings=max_position,
+                       rope_parameters={"rope_theta": theta, **rope})
+
+
+LLAMA3_CASES = [  # Llama 3.1 (factor 8), Llama 3.2 (factor 32), and a shorter original context
+    dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_context=8192),
+    dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_context=8192),
+    dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_context=4096),
+    dict(factor=4.0, low_freq_factor=2.0, high_freq_factor=8.0, original_context=4096),
+]
+
+
+@pytest.mark.parametrize("case", LLAMA3_CASES)
+@pytest.mark.parametrize("head_dim, theta", [(128, 500000.0), (64, 10000.0)])
+def test_llama3_scaling_matches_transformers(case, head_dim, theta):
+    hf = _hf_rope(head_dim, theta, rope_type="llama3", factor=case["factor"], low_freq_factor=case["low_freq_factor"],
+                  high_freq_factor=case["high_freq_factor"], original_max_position_embeddings=case["original_context"])
+    expected, expected_factor = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
+    config = PositionConfig(kind="rope", theta=theta, scaling=RopeScalingConfig(kind="llama3", **case))
+    inv_freq, factor = Rotary(config, head_dim).frequencies(torch.zeros(1, 1, dtype=torch.long))
+    torch.testing.assert_close(inv_freq, expected, rtol=0, atol=0)
+    assert factor == expected_factor == 1.0
+    plain = rope_inv_freq(head_dim, theta)
+    assert inv_freq[0] == plain[0] and inv_freq[-1] == pytest.approx(plain[-1].item() / case["factor"], rel=1e-6)
+    assert ((inv_freq != plain) & (inv_freq != plain / case["factor"])).any()  # some pairs are blended
+
+
+@pytest.mark.parametrize("factor, head_dim, fraction", [(2.0, 64, 1.0), (4.0, 128, 0.5)])
+def test_linear_scaling_matches_transformers(factor, head_dim, fraction):
+    hf = _hf_rope(head_dim, 10000.0, rope_type="linear", factor=factor, partial_rotary_factor=fraction)
+    expected, expected_factor = ROPE_INIT_FUNCTIONS["linear"](hf, "cpu")
+    config = PositionConfig(kind="rope", rotary_fraction=fraction, scaling=RopeScalingConfig(kind="linear", factor=factor))
+    inv_freq, factor_ours = Rotary(config, head_dim).frequencies(torch.zeros(1, 1, dtype=torch.long))
+    torch.testing.assert_close(inv_freq, expected, rtol=0, atol=0)
+    assert factor_ours == expected_factor == 1.0
+
+
+@pytest.mark.parametrize("factor, longest", [(2.0, 3000), (4.0, 1500), (2.0, 1024), (2.0, 700)])
+def test_dynamic_ntk_follows_transformers_rotary_embedding(factor, longest):
+    """transformers' LlamaRotaryEmbedding (with its dynamic_rope_update) over positions whose largest is
+    `longest - 1`: beyond max_position_embeddings=1024 the base grows, within it the frequencies are rope's."""
+    hf = _hf_rope(64, 10000.0, max_position=1024, rope_type="dynamic", factor=factor)
+    positions_BT = torch.stack([torch.arange(longest - 300, longest), torch.arange(300)])
+    reference = LlamaRotaryEmbedding(hf)
+    cos, sin = reference(torch.zeros(2, 300, 64), positions_BT)
+    expected_inv_freq, _ = ROPE_INIT_FUNCTIONS["dynamic"](hf, "cpu", seq_len=torch.tensor(longest))
+    config = PositionConfig(kind="rope", scaling=RopeScalingConfig(kind="dynamic", factor=factor, original_context=1024))
+    rotary = Rotary(config, 64)
+    inv_freq, _ = rotary.frequencies(positions_BT)
+    torch.testing.assert_close(inv_freq, reference.inv_freq, rtol=0, atol=0)
+    torch.testing.assert_close(inv_freq, expected_inv_freq, rtol=0, atol=0)
+    assert torch.equal(inv_freq, rope_inv_freq(64, 10000.0)) == (longest <= 1024)
+    x_BTHK = torch.randn(2, 300, 1, 64)  # and the rotation itself, against apply_rotary_pos_emb
+    expected_x, _ = apply_rotary_pos_emb(x_BTHK.transpose(1, 2), x_BTHK.transpose(1, 2), cos, sin)
+    torch.testing.assert_close(rotary(x_BTHK, positions_BT), expected_x.transpose(1, 2))
+
+
+def test_dynamic_ntk_needs_no_host_sync():
+    """The frequencies come from the positions tensor on its device: building them on the meta device
+    (where .item() would fail) works."""
+    config = PositionConfig(kind="rope", scaling=RopeScalingConfig(kind="dynamic", factor=2.0, original_context=16))
+    inv_freq, _ = Rotary(config, 16).frequencies(torch.arange(40, device="meta")[None])
+    assert inv_freq.device.type == "meta" and inv_freq.shape == (8,)
+
+
+def test_rope_scaling_errors_name_the_key_and_the_fix():
+    with pytest.raises(ValueError, match=r"position.scaling.kind='ntk'.*'none', 'dynamic', 'linear', 'llama3'"):
+        Rotary(PositionConfig(scaling=RopeScalingConfig(kind="ntk")), 16)
+    with pytest.raises(ValueError, match="position.kind=rope or position.scaling.kind=none"):
+        Rotary(PositionConfig(kind="yarn", scaling=RopeScalingConfig(kind="linear", factor=2.0)), 16)

@@ -39,12 +39,27 @@ class YarnConfig:
 
 
 @dataclass
+class RopeScalingConfig:
+    """Rescaled rope frequencies for a longer context (position.kind == rope); Hugging Face's rope_type.
+    linear: Position Interpolation (Chen et al. 2023, arXiv 2306.15595), every frequency / factor;
+    dynamic: NTK-aware base scaling that grows with the sequence (position/dynamic_ntk.py);
+    llama3: Meta's Llama 3.1 per-frequency interpolation (position/llama3.py)."""
+
+    kind: str = "none"  # none | linear | dynamic | llama3
+    factor: float = 1.0  # s: new context / original context
+    original_context: int = 8192  # L: the pre-training context (dynamic, llama3)
+    low_freq_factor: float = 1.0  # llama3: wavelengths above L / low_freq_factor are interpolated by s
+    high_freq_factor: float = 4.0  # llama3: wavelengths below L / high_freq_factor are kept
+
+
+@dataclass
 class PositionConfig:
     kind: str = "rope"  # none | sinusoidal | learned | rope | yarn
     theta: float = 10000.0  # rope/yarn base
     rotary_fraction: float = 1.0  # partial rotary: rotate only the first fraction of each head's dims
     interleaved: bool = False  # rotate pairs (0,1),(2,3)... (GPT-J/RoFormer) instead of halves (GPT-NeoX/HF)
     yarn: YarnConfig = field(default_factory=YarnConfig)  # used when kind == yarn
+    scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)  # used when kind == rope
 
 
 @dataclass

@@ -18,10 +18,11 @@ from common.atomic import atomic_directory
 from train.model.config import ModelConfig, to_model_config
 from train.model.folder import model_from_state_dict
 from train.model.hf import deepseek_v3, gpt2, gpt_oss, llama, longcat_flash, mamba2, qwen3, qwen3_moe, qwen3_next
+from train.model.hf import mistral, mixtral, qwen2
 from train.model.hf.weights import from_hf, to_hf
 from train.model.transformer import Transformer
 
-ADAPTERS = (gpt2, llama, qwen3, qwen3_moe, deepseek_v3, qwen3_next, gpt_oss, longcat_flash, mamba2)
+ADAPTERS = (gpt2, llama, mistral, qwen2, qwen3, mixtral, qwen3_moe, deepseek_v3, qwen3_next, gpt_oss, longcat_flash, mamba2)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 

@@ -1,7 +1,8 @@
 """Hugging Face adapter for Llama (LlamaForCausalLM; Llama 3 and relatives).
 
-Also holds what the Llama-like families share (qwen3.py, mistral.py extend it): the weight table
-and the config mapping, parametrized by QK-norm and by where sliding windows come from.
+Also holds what the Llama-like families share (mistral.py, mixtral.py, qwen2.py, qwen3.py extend it):
+the weight table and the config mapping, parametrized by QK-norm, by where sliding windows come from
+and by the attention biases of families that fix them instead of reading attention_bias.
 """
 
 from train.model.hf.weights import Rule
@@ -51,8 +52,17 @@ def position_from_hf(hf: dict) -> dict:
             "attention_factor": rope.get("attention_factor"),
             "truncate": rope.get("truncate", True),
         }
+    elif rope_type in ("linear", "dynamic", "llama3"):  # position.scaling; transformers' ROPE_INIT_FUNCTIONS
+        position["scaling"] = {"kind": rope_type, "factor": rope["factor"]}
+        if rope_type == "dynamic":  # transformers scales against max_position_embeddings here
+            position["scaling"]["original_context"] = hf["max_position_embeddings"]
+        if rope_type == "llama3":
+            position["scaling"].update(original_context=rope["original_max_position_embeddings"],
+                                       low_freq_factor=rope["low_freq_factor"], high_freq_factor=rope["high_freq_factor"])
     elif rope_type != "default":
-        raise ValueError(f"config.json rope_type={rope_type!r} is not supported; supported: default, yarn")
+        raise ValueError(
+            f"config.json rope_type={rope_type!r} is not supported; supported: default, yarn, linear, dynamic, llama3"
+        )
     return position
 
 
@@ -63,20 +73,30 @@ def position_to_hf(position) -> dict:
         rope.update(rope_type="yarn", factor=y.factor, original_max_position_embeddings=y.original_context,
                     beta_fast=y.beta_fast, beta_slow=y.beta_slow, truncate=y.truncate)
         rope.update({k: getattr(y, k) for k in ("mscale", "mscale_all_dim", "attention_factor") if getattr(y, k) is not None})
+    elif position.scaling.kind != "none":  # dynamic's original context is max_position_embeddings (= max_seq_len)
+        s = position.scaling
+        rope.update(rope_type=s.kind, factor=s.factor)
+        if s.kind == "llama3":
+            rope.update(original_max_position_embeddings=s.original_context, low_freq_factor=s.low_freq_factor,
+                        high_freq_factor=s.high_freq_factor)
     return rope
 
 
-def config_from_hf(hf: dict, family: str = FAMILY, qk_norm: bool = False, windows: list | None = None) -> dict:
-    """`windows`: the sliding window of each layer (None = full attention)."""
+def config_from_hf(hf: dict, family: str = FAMILY, qk_norm: bool = False, windows: list | None = None,
+                   attention_bias: tuple[bool, bool] | None = None) -> dict:
+    """`windows`: the sliding window of each layer (None = full attention). `attention_bias`: the
+    (q/k/v, o) biases of a family whose transformers code fixes them (Mistral none, Qwen2 q/k/v only);
+    None reads config.json `attention_bias` (both or neither)."""
     num_layers, num_heads = hf["num_hidden_layers"], hf["num_attention_heads"]
     windows = windows or [None] * num_layers
+    qkv_bias, out_bias = attention_bias or (hf.get("attention_bias", False),) * 2
     attention = {
         "num_heads": num_heads,
         "num_kv_heads": hf.get("num_key_value_heads") or num_heads,
         "head_dim": hf.get("head_dim") or hf["hidden_size"] // num_heads,
         "qk_norm": qk_norm,
-        "qkv_bias": hf.get("attention_bias", False),
-        "out_bias": hf.get("attention_bias", False),
+        "qkv_bias": qkv_bias,
+        "out_bias": out_bias,
     }
     names = ["full" if w is None else f"sliding{w}" for w in windows]
     mixers = {n: {"kind": "softmax_attention", "attention": {**attention, "window": w}} for n, w in zip(names, windows)}

@@ -1,15 +1,17 @@
 """What the Hugging Face MoE adapters share: per-expert weight rules (transformers saves each routed
-expert as experts.{e}.gate_proj/up_proj/down_proj, which stack into our [E, ...] tensors), the
+expert as experts.{e}.gate_proj/up_proj/down_proj, Mixtral's as experts.{e}.w1/w3/w2, which stack
+into our [E, ...] tensors), the
 Qwen-style choice of MoE layers, and the per-layer feed-forward pattern."""
 
 from train.model.hf.weights import Rule
 
-_EXPERT_WEIGHTS = (("w1_EFD", "gate"), ("w3_EFD", "up"), ("w2_EDF", "down"))
+_EXPERT_WEIGHTS = ("w1_EFD", "w3_EFD", "w2_EDF")  # gate, up, down
 
 
-def expert_rules(ours: str, hf: str) -> list[Rule]:
-    """ours/hf: the MoE module's prefix, e.g. "layers.{i}.ffn" / "model.layers.{i}.mlp"."""
-    return [Rule((f"{ours}.experts.{w}",), f"{hf}.experts.{{e}}.{p}_proj.weight") for w, p in _EXPERT_WEIGHTS]
+def expert_rules(ours: str, hf: str, names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> list[Rule]:
+    """ours/hf: the MoE module's prefix, e.g. "layers.{i}.ffn" / "model.layers.{i}.mlp"; names: HF's
+    gate, up and down projections (Mixtral: w1, w3, w2)."""
+    return [Rule((f"{ours}.experts.{w}",), f"{hf}.experts.{{e}}.{n}.weight") for w, n in zip(_EXPERT_WEIGHTS, names)]
 
 
 def glu_rules(ours: str, hf: str) -> list[Rule]:
