@@ -217,7 +217,7 @@ class FFNConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "custom"  # gpt2 | llama3 | qwen3 | custom: which Hugging Face adapter exports it
+    family: str = "custom"  # gpt2 | llama3 | qwen3 | gemma3 | olmo2 | ... | custom: which Hugging Face adapter exports it
     vocab_size: int = 8192
     dim: int = 512
     num_layers: int = 8
