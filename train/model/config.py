@@ -1,6 +1,7 @@
 """Model configuration: plain dataclasses, registered in Hydra's ConfigStore.
 
-A model is `num_layers` pre-norm blocks. Each block has a token mixer and a feed-forward, picked
+A model is `num_layers` blocks, pre-norm unless `norm_placement` says sandwich (Gemma) or
+post_sublayer (OLMo 2). Each block has a token mixer and a feed-forward, picked
 by name from the `mixers` and `ffns` tables through the per-layer patterns `layer_mixers` and
 `layer_ffns` (cycled to `num_layers`; a list of length `num_layers` names every layer). A mixer or
 feed-forward config has a `kind` (a name in train/model/registry.py) plus an optional sub-config

@@ -31,6 +31,11 @@ HF_MODELS = {
                                   "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}})),
     "gemma3_scaled_capped_untied": lambda: Gemma3ForCausalLM(Gemma3TextConfig(
         **GEMMA, query_pre_attn_scalar=40, final_logit_softcapping=2.0, tie_word_embeddings=False)),
+    # rope scaling applies to the global layers only
+    "gemma3_yarn_global": lambda: Gemma3ForCausalLM(Gemma3TextConfig(
+        **GEMMA, rope_parameters={"full_attention": {"rope_type": "yarn", "rope_theta": 1000.0, "factor": 4.0,
+                                                     "original_max_position_embeddings": 64},
+                                  "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}})),
     "olmo2_gqa": lambda: Olmo2ForCausalLM(Olmo2Config(**OLMO, num_key_value_heads=2)),
     "olmo2_tied": lambda: Olmo2ForCausalLM(Olmo2Config(**OLMO, num_key_value_heads=4, tie_word_embeddings=True,
                                                        rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
