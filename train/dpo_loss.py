@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from train.loss import IGNORE
+from train.model.attention import softcap
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -72,15 +73,18 @@ def reward_metrics(chosen_rewards_B: torch.Tensor, rejected_rewards_B: torch.Ten
     }
 
 
-def _target_logps(hidden_nD: torch.Tensor, weight_VD: Optional[torch.Tensor], targets_n: torch.Tensor) -> torch.Tensor:
-    logits_nV = (hidden_nD if weight_VD is None else hidden_nD @ weight_VD.T).float()
+def _target_logps(hidden_nD: torch.Tensor, weight_VD: Optional[torch.Tensor], targets_n: torch.Tensor,
+                  final_softcap: Optional[float] = None) -> torch.Tensor:
+    logits_nV = softcap((hidden_nD if weight_VD is None else hidden_nD @ weight_VD.T).float(), final_softcap)
     return logits_nV.gather(1, targets_n[:, None])[:, 0] - torch.logsumexp(logits_nV, dim=-1)
 
 
 def sequence_logps(
-    hidden_BTD: torch.Tensor, weight_VD: Optional[torch.Tensor], targets_BT: torch.Tensor, chunk_tokens: int = 1024
+    hidden_BTD: torch.Tensor, weight_VD: Optional[torch.Tensor], targets_BT: torch.Tensor, chunk_tokens: int = 1024,
+    final_softcap: Optional[float] = None,
 ) -> torch.Tensor:
-    """[B] fp32: sum over positions with targets != IGNORE of log softmax(hidden @ weight^T)[target].
+    """[B] fp32: sum over positions with targets != IGNORE of log softmax(hidden @ weight^T)[target]
+    (logits soft-capped first with `final_softcap`, model.final_softcap).
 
     Pass the final hidden states and the output projection's weight [V, D], or logits [B, T, V] with
     weight_VD=None. Targets are aligned with positions (labels[:, 1:] for inputs ids[:, :-1]). Only the
@@ -96,8 +100,9 @@ def sequence_logps(
     for start in range(0, len(targets_N), chunk_tokens):
         piece = slice(start, start + chunk_tokens)
         if needs_grad:
-            logps_n = checkpoint(_target_logps, hidden_ND[piece], weight_VD, targets_N[piece], use_reentrant=False)
+            logps_n = checkpoint(_target_logps, hidden_ND[piece], weight_VD, targets_N[piece], final_softcap,
+                                 use_reentrant=False)
         else:
-            logps_n = _target_logps(hidden_ND[piece], weight_VD, targets_N[piece])
+            logps_n = _target_logps(hidden_ND[piece], weight_VD, targets_N[piece], final_softcap)
         logps_B = logps_B.index_add(0, rows_N[piece], logps_n)
     return logps_B

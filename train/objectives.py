@@ -25,7 +25,7 @@ class NextToken:
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         hidden_BTD = model.hidden_states(batch["inputs"], batch.get("doc_ids"))
         loss = cross_entropy_sum(hidden_BTD.flatten(0, 1), model.output_weight(), batch["targets"].reshape(-1),
-                                 self.chunk_tokens)
+                                 self.chunk_tokens, model.config.final_softcap)
         return loss, model.aux_loss(), {}
 
 
@@ -37,7 +37,8 @@ class DirectPreference:
 
     def logps(self, model, batch) -> torch.Tensor:
         hidden_BTD = model.hidden_states(batch["inputs"])
-        return sequence_logps(hidden_BTD, model.output_weight(), batch["targets"], self.chunk_tokens)
+        return sequence_logps(hidden_BTD, model.output_weight(), batch["targets"], self.chunk_tokens,
+                              model.config.final_softcap)
 
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         policy_2B = self.logps(model, batch)

@@ -8,7 +8,7 @@ from train.model.config import ModelConfig
 
 
 @pytest.mark.parametrize("preset", ["gpt2", "llama3", "qwen3", "deepseek_v3", "qwen3_next", "mamba2", "falcon_h1",
-                                    "qwen3_moe", "kimi_k2", "gpt_oss", "longcat_flash"])
+                                    "qwen3_moe", "kimi_k2", "gpt_oss", "longcat_flash", "gemma3_1b", "olmo2_1b"])
 def test_full_size_presets_build_on_meta(preset):
     with torch.device("meta"):
         model = build_model(preset)

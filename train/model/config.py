@@ -1,6 +1,7 @@
 """Model configuration: plain dataclasses, registered in Hydra's ConfigStore.
 
-A model is `num_layers` pre-norm blocks. Each block has a token mixer and a feed-forward, picked
+A model is `num_layers` blocks, pre-norm unless `norm_placement` says sandwich (Gemma) or
+post_sublayer (OLMo 2). Each block has a token mixer and a feed-forward, picked
 by name from the `mixers` and `ffns` tables through the per-layer patterns `layer_mixers` and
 `layer_ffns` (cycled to `num_layers`; a list of length `num_layers` names every layer). A mixer or
 feed-forward config has a `kind` (a name in train/model/registry.py) plus an optional sub-config
@@ -75,12 +76,23 @@ class AttentionConfig:
     num_heads: int = 8
     num_kv_heads: Optional[int] = None  # None = num_heads (MHA); 1 = MQA; in between = GQA
     head_dim: Optional[int] = None  # None = dim // num_heads
-    qk_norm: bool = False  # per-head norm of q and k before rope (Qwen3)
+    qk_norm: bool = False  # norm of q and k before rope (Qwen3, Gemma 3, OLMo 2), over qk_norm_over
+    # head: each head of q and k over head_dim (Qwen3; Gemma 3); all: q over num_heads * head_dim and k
+    # over num_kv_heads * head_dim, the whole projection (OLMo 2, arXiv 2501.00656 sec. 3.3.1)
+    qk_norm_over: str = "head"  # head | all
     qkv_bias: bool = False
     out_bias: bool = False
     window: Optional[int] = None  # sliding window: a query sees itself and the window-1 tokens before it
     sinks: bool = False  # learned per-head sink logit in the softmax denominator (GPT-OSS)
     output_gate: bool = False  # Qwen3-Next: q_proj also emits a per-head gate g, output = attn * sigmoid(g)
+    # softmax scale = scale_dim^-1/2; None = head_dim (Gemma 2/3's query_pre_attn_scalar)
+    scale_dim: Optional[float] = None
+    # logit soft-capping, scores = softcap * tanh(scores / softcap) before the mask and softmax (Gemma 2,
+    # arXiv 2408.00118 sec. 2); SDPA cannot do it, so the dense backend computes the scores explicitly
+    softcap: Optional[float] = None
+    # this mixer's own rotary positions instead of model.position (Gemma 3's local layers use base 10000,
+    # the global ones 1e6: arXiv 2503.19786 sec. 2); kind none drops rope in this mixer
+    position: Optional[PositionConfig] = None
 
 
 @dataclass
@@ -221,13 +233,23 @@ class FFNConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "custom"  # gpt2 | llama3 | qwen3 | custom: which Hugging Face adapter exports it
+    family: str = "custom"  # gpt2 | llama3 | qwen3 | gemma3 | olmo2 | ... | custom: which Hugging Face adapter exports it
     vocab_size: int = 8192
     dim: int = 512
     num_layers: int = 8
     max_seq_len: int = 2048  # size of a learned position table; max_position_embeddings on export
     tie_embeddings: bool = False
     init_std: float = 0.02
+    # where a block's norms sit around each sublayer f (mixer, feed-forward):
+    #   pre            x + f(norm(x))                    (GPT-2, Llama): mixer_norm, ffn_norm
+    #   sandwich       x + post_norm(f(norm(x)))         (Gemma 2/3, arXiv 2408.00118 sec. 2): adds mixer_post_norm, ffn_post_norm
+    #   post_sublayer  x + post_norm(f(x))               (OLMo 2, arXiv 2501.00656 sec. 3.3.1): mixer_post_norm, ffn_post_norm only
+    norm_placement: str = "pre"  # pre | sandwich | post_sublayer
+    # token embeddings times this, cast to their dtype first as transformers does (Gemma: sqrt(dim)); None = 1
+    embedding_scale: Optional[float] = None
+    # output logits = final_softcap * tanh(logits / final_softcap) (Gemma 2, arXiv 2408.00118 sec. 2); the
+    # chunked cross-entropy (train/loss.py) applies it too
+    final_softcap: Optional[float] = None
     norm: NormConfig = field(default_factory=NormConfig)
     position: PositionConfig = field(default_factory=PositionConfig)
     mixers: Dict[str, MixerConfig] = field(default_factory=dict)
@@ -264,6 +286,8 @@ MIXER_SECTIONS = {"softmax_attention": "attention", "mla": "mla", "linear_attent
                   "gated_deltanet": "gated_deltanet", "mamba2": "mamba2", "parallel_hybrid": "parallel_hybrid"}
 FFN_SECTIONS = {"moe": "moe"}
 LINEAR_KERNELS = ("auto", "torch")  # the values of model.linear_kernels
+NORM_PLACEMENTS = ("pre", "sandwich", "post_sublayer")  # the values of model.norm_placement
+QK_NORM_OVER = ("head", "all")  # the values of attention.qk_norm_over
 
 
 def check_model_config(config: ModelConfig) -> None:
@@ -272,6 +296,11 @@ def check_model_config(config: ModelConfig) -> None:
     if config.linear_kernels not in LINEAR_KERNELS:
         raise ValueError(f"model.linear_kernels={config.linear_kernels!r} is not one of {LINEAR_KERNELS}; set auto "
                          "(the fla / mamba_ssm / causal_conv1d kernels on CUDA where installed) or torch (always PyTorch)")
+    if config.norm_placement not in NORM_PLACEMENTS:
+        raise ValueError(f"model.norm_placement={config.norm_placement!r} is not one of {NORM_PLACEMENTS}")
+    if config.norm_placement != "pre" and config.shortcut_moe is not None:
+        raise ValueError(f"model.shortcut_moe needs model.norm_placement=pre (the MoE reads the pre-normed FFN "
+                         f"input), got {config.norm_placement!r}")
     if config.shortcut_moe is not None and config.ffns.get(config.shortcut_moe, None) is None:
         raise ValueError(f"model.shortcut_moe={config.shortcut_moe!r} is not in model.ffns {sorted(config.ffns)}")
     for pattern, table in (("layer_mixers", "mixers"), ("layer_ffns", "ffns")):

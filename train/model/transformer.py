@@ -1,7 +1,8 @@
 """The decoder-only transformer: embeddings, a stack of blocks, final norm, output head.
 
 `forward(input_ids, doc_ids=None)` returns logits; the trainer's chunked cross-entropy uses
-`hidden_states(...)` and `output_weight()` instead, since forward = hidden_states @ output_weight^T.
+`hidden_states(...)` and `output_weight()` instead, since forward = softcap(hidden_states @ output_weight^T)
+(`model.final_softcap`, applied by the loss too).
 `doc_ids` [B, T] marks the document of each token in a packed window: attention stays inside a
 document and positions restart at 0 at each document start.
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.model.attention import softcap
 from train.model.block import Block, ShortcutMoEBlock
 from train.model.config import ModelConfig, check_model_config
 from train.model.documents import Documents
@@ -59,6 +61,8 @@ class Transformer(nn.Module):
         else:
             positions_BT = torch.arange(start, start + T, device=input_ids_BT.device).expand(B, T)
         x_BTD = self.embed(input_ids_BT)
+        if self.config.embedding_scale is not None:  # the scale rounded to the hidden dtype, as Gemma's reference
+            x_BTD = x_BTD * torch.tensor(self.config.embedding_scale, dtype=x_BTD.dtype, device=x_BTD.device)
         if self.position is not None:
             x_BTD = x_BTD + self.position(positions_BT).to(x_BTD.dtype)
         for layer in self.layers:
@@ -71,7 +75,8 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids_BT, doc_ids_BT=None, cache: KVCache | None = None) -> torch.Tensor:
         """Logits [B, T, vocab]."""
-        return F.linear(self.hidden_states(input_ids_BT, doc_ids_BT, cache), self.output_weight())
+        logits_BTV = F.linear(self.hidden_states(input_ids_BT, doc_ids_BT, cache), self.output_weight())
+        return softcap(logits_BTV, self.config.final_softcap)
 
     @torch.no_grad()
     def init_weights(self) -> None:

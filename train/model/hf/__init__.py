@@ -17,12 +17,13 @@ from safetensors.torch import load_file, save_file
 from common.atomic import atomic_directory
 from train.model.config import ModelConfig, to_model_config
 from train.model.folder import model_from_state_dict
-from train.model.hf import deepseek_v3, gpt2, gpt_oss, llama, longcat_flash, mamba2, qwen3, qwen3_moe, qwen3_next
+from train.model.hf import deepseek_v3, gemma3, gpt2, gpt_oss, llama, longcat_flash, mamba2, olmo2, qwen3, qwen3_moe, qwen3_next
 from train.model.hf import mistral, mixtral, qwen2
 from train.model.hf.weights import from_hf, to_hf
 from train.model.transformer import Transformer
 
-ADAPTERS = (gpt2, llama, mistral, qwen2, qwen3, mixtral, qwen3_moe, deepseek_v3, qwen3_next, gpt_oss, longcat_flash, mamba2)
+ADAPTERS = (gpt2, llama, mistral, qwen2, qwen3, mixtral, qwen3_moe, deepseek_v3, qwen3_next, gpt_oss, longcat_flash, mamba2,
+            gemma3, olmo2)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -73,6 +74,8 @@ def _architecture(config: ModelConfig) -> dict:
         attn = mixer.get("attention") or {}
         attn["num_kv_heads"] = attn.get("num_kv_heads") or attn.get("num_heads")
         attn["head_dim"] = attn.get("head_dim") or config.dim // attn.get("num_heads", 1)
+        if "scale_dim" in attn:  # None means head_dim, and a mixer's position None the model's
+            attn["scale_dim"], attn["position"] = attn["scale_dim"] or attn["head_dim"], attn["position"] or asdict(config.position)
         arch[f"layer{i}"] = {"mixer": mixer, "ffn": ffn}
     # the chunk length of a chunked scan, the expert kernel and the linear mixers' kernels change the
     # schedule, not the function computed; balancing losses and the bias step are training settings

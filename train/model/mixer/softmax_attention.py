@@ -1,6 +1,8 @@
 """Softmax attention (Vaswani et al. 2017) with G key/value heads shared by groups of query heads:
 G = H is multi-head (MHA), G = 1 multi-query (MQA, Shazeer 2019), 1 < G < H grouped-query
-(GQA, Ainslie et al. 2023). Options: QK-norm (Qwen3), projection biases (GPT-2, Qwen2), a
+(GQA, Ainslie et al. 2023). Options: QK-norm per head (Qwen3, Gemma 3) or over the whole projection
+(OLMo 2), a softmax scale other than head_dim^-1/2 and logit soft-capping (Gemma 2/3), this mixer's own
+rotary base (Gemma 3's local layers), projection biases (GPT-2, Qwen2), a
 sliding window (Mistral, Gemma), learned attention sinks (GPT-OSS), an output gate (Qwen3-Next:
 attn * sigmoid(W_g x), per head), document masking for packed sequences. The kernel is `model.attention_backend`'s (train/model/attention.py): SDPA, causal or with a
 dense mask, or FlexAttention with the forward's shared BlockMask.
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 
 from train.model.attention import attend, check_backend
-from train.model.config import MixerConfig, ModelConfig
+from train.model.config import QK_NORM_OVER, MixerConfig, ModelConfig
 from train.model.documents import Documents
 from train.model.kv_cache import KVCache
 from train.model.norm import build_norm
@@ -40,11 +42,25 @@ class SoftmaxAttention(nn.Module):
         self.k_proj = nn.Linear(D, G * K, bias=attn.qkv_bias)
         self.v_proj = nn.Linear(D, G * K, bias=attn.qkv_bias)
         self.o_proj = nn.Linear(H * K, D, bias=attn.out_bias)
-        # Qwen3 normalises each head of q and k (over head_dim, before rope) to bound the logits
-        self.q_norm = build_norm(model.norm, K) if attn.qk_norm else None
-        self.k_norm = build_norm(model.norm, K) if attn.qk_norm else None
-        self.rotary = Rotary(model.position, K) if model.position.kind in ROTARY_KINDS else None
+        # QK-norm bounds the logits (before rope): Qwen3 normalises each head over head_dim, OLMo 2 the
+        # whole q and k projections (over H*K and G*K)
+        if attn.qk_norm_over not in QK_NORM_OVER:
+            raise ValueError(f"attention.qk_norm_over={attn.qk_norm_over!r} is not one of {QK_NORM_OVER}")
+        self.qk_norm_over = attn.qk_norm_over
+        whole = attn.qk_norm_over == "all"
+        self.q_norm = build_norm(model.norm, H * K if whole else K) if attn.qk_norm else None
+        self.k_norm = build_norm(model.norm, G * K if whole else K) if attn.qk_norm else None
+        position = attn.position or model.position
+        if attn.position is not None and position.kind not in ROTARY_KINDS + ("none",):
+            raise ValueError(f"attention.position.kind={position.kind!r}: a mixer's own positions are rotary "
+                             f"({ROTARY_KINDS}) or none; absolute positions belong in model.position")
+        self.rotary = Rotary(position, K) if position.kind in ROTARY_KINDS else None
         self.sinks = nn.Parameter(torch.zeros(H)) if attn.sinks else None
+        for key in ("scale_dim", "softcap"):
+            if getattr(attn, key) is not None and getattr(attn, key) <= 0:
+                raise ValueError(f"attention.{key}={getattr(attn, key)} must be positive (or null for none)")
+        self.scale = None if attn.scale_dim is None else attn.scale_dim**-0.5
+        self.logit_cap = attn.softcap
 
     def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None):
         B, T, _ = x_BTD.shape
@@ -54,7 +70,10 @@ class SoftmaxAttention(nn.Module):
             q_BTHK = self.q_proj(x_BTD).view(B, T, self.num_heads, self.head_dim)
         k_BTGK = self.k_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
         v_BTGK = self.v_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.qk_norm_over == "all":
+            q_BTHK = self.q_norm(q_BTHK.flatten(-2)).view_as(q_BTHK)
+            k_BTGK = self.k_norm(k_BTGK.flatten(-2)).view_as(k_BTGK)
+        elif self.q_norm is not None:
             q_BTHK, k_BTGK = self.q_norm(q_BTHK), self.k_norm(k_BTGK)
         if self.rotary is not None:
             q_BTHK, k_BTGK = self.rotary(q_BTHK, positions_BT), self.rotary(k_BTGK, positions_BT)
@@ -63,7 +82,9 @@ class SoftmaxAttention(nn.Module):
         if cache is not None:
             start = cache.length
             k_BGLK, v_BGLK = cache.update(self.layer_idx, k_BGLK, v_BGLK)
-        y_BTHK = attend(q_BHTK, k_BGLK, v_BGLK, self.backend, start, documents, self.window, self.sinks).transpose(1, 2)
+        y_BHTK = attend(q_BHTK, k_BGLK, v_BGLK, self.backend, start, documents, self.window, self.sinks, self.scale,
+                        self.logit_cap)
+        y_BTHK = y_BHTK.transpose(1, 2)
         if self.output_gate:
             y_BTHK = y_BTHK * torch.sigmoid(gate_BTHK)
         return self.o_proj(y_BTHK.reshape(B, T, self.num_heads * self.head_dim))
