@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -13,7 +14,8 @@ from safetensors import safe_open
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 from common.paths import REPO
-from tests.train_helpers import losses, run_training
+from data.reader import TokenWindows
+from tests.train_helpers import consumed_indices, losses, run_training
 from train.export import export
 from train.model import build_model, load_model, save_model
 from train.model.hf import INDEX_FILE, export_hf
@@ -128,12 +130,18 @@ def test_sharded_hf_folder_pretrains_on_two_ranks_and_a_step_exports(prepared_da
     folder = tmp_path / "hf_in"
     save_sharded_bf16(LlamaForCausalLM(LlamaConfig(**{**SMALL, "vocab_size": 512}, intermediate_size=96, num_hidden_layers=2,
                                                    num_attention_heads=4, num_key_value_heads=2)), folder)
-    start = ["stage=pretrain", f"init.weights={folder}"]
+    # whole windows attended (no document masking), as transformers does
+    start = ["stage=pretrain", f"init.weights={folder}", "data.document_masking=false", "trainer.record_samples=true"]
     one, two = tmp_path / "one", tmp_path / "two"
     run_training(one, prepared_data, *start, "trainer.max_steps=1")
     run_training(two, prepared_data, *start, "trainer.max_steps=3", "checkpoint.every=3", nproc=2)
     assert losses(two)[1] == pytest.approx(losses(one)[1], rel=1e-5)
-    assert losses(one)[1] < 6.3  # ln(512): the weights of the folder, not garbage
+    # and it is transformers' loss of the folder's model on step 1's windows
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    windows = TokenWindows(prepared_data, "train", 64, seed=0, shuffle=True)
+    tokens = torch.from_numpy(np.stack([windows[i].tokens for i in consumed_indices(one)])).long()
+    expected = torch.nn.functional.cross_entropy(logits(reference, tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+    assert losses(one)[1] == pytest.approx(expected.item(), rel=1e-5)
 
     out = tmp_path / "hf_out"
     subprocess.run([sys.executable, "-m", "train.export", f"model_dir={two / 'checkpoints' / 'step_00000003'}", f"out={out}"],
