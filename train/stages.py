@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
 from data.chat.preferences import load_pairs
@@ -25,8 +24,9 @@ from data.reader import PreparedData, TokenWindows
 from train.config import TrainConfig
 from train.data_loader import Indexed, StageData, Windows, collate_preferences, collate_windows, sft_items
 from train.model import load_model
-from train.model.config import apply_overrides, to_model_config
-from train.model.folder import CONFIG_FILE, model_from_state_dict
+from train.model.load import model_config
+from train.model.config import apply_overrides
+from train.model.folder import model_from_state_dict
 from train.model.transformer import Transformer
 from train.objectives import DirectPreference, NextToken
 
@@ -55,12 +55,8 @@ def stage_of(config: TrainConfig) -> Stage:
     if stage.needs_weights and not config.init.weights:
         raise ValueError(f"stage={stage.name} starts from a model: set init.weights=<a model folder>")
     if config.init.weights:
-        folder = Path(config.init.weights)
-        if (folder / CONFIG_FILE).is_file():
-            model_config = to_model_config(OmegaConf.load(folder / CONFIG_FILE))
-        else:
-            model_config = load_model(folder).config  # a Hugging Face folder: its adapter maps the config
-        config.model = apply_overrides(model_config, dict(config.init.overrides))
+        # model.yaml, or a Hugging Face config.json through its adapter: nothing is built or read
+        config.model = apply_overrides(model_config(config.init.weights), dict(config.init.overrides))
     if stage.reads == "shards":
         data = PreparedData(config.data.path)
         if data.vocab_size > config.model.vocab_size:

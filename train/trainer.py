@@ -15,7 +15,9 @@ from typing import Dict, List
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from train import stages
 from train.batch_plan import batch_plan
@@ -23,6 +25,7 @@ from train.callbacks import default_callbacks
 from train.checkpoint import Checkpointer, ModelState, OptimizerState
 from train.config import TrainConfig
 from train.data_loader import DataStream, to_device, validation_batches
+from train.model.load import read_weights
 from train.model.transformer import Transformer
 from train.nonfinite import NonFiniteGuard
 from train.optim import build_optimizer, build_scheduler, register_router_bias_update
@@ -31,6 +34,23 @@ from train.parallel.fsdp import parallelize
 from train.parallel.grad_norm import clip_grad_norm
 from train.parallel.world import World, all_reduce_sum, init_world, set_collective_timeout, set_determinism
 from train.progress import Progress, StepResult
+
+
+@torch.no_grad()
+def read_local_shards(model: torch.nn.Module, folder: str, config) -> None:
+    """Fill a sharded model from a model folder: each rank reads only the rows of its own shards (a DTensor's
+    local chunk: FSDP2's Shard(0) rows of every mesh dimension it is sharded on), one tensor at a time, and
+    converts them to the parameter's dtype in place. No rank holds more than its shards and one tensor (a
+    whole one only where an adapter rule fuses several). Buffers are not sharded: read whole."""
+    targets = get_model_state_dict(model)  # clean names (no wrapper prefixes); the tensors share the storage
+    regions = {}
+    for name, tensor in targets.items():
+        shape, offset = (compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+                         if isinstance(tensor, DTensor) else (tensor.shape, (0,) * tensor.ndim))
+        regions[name] = tuple(slice(o, o + n) for o, n in zip(offset, shape))
+    for name, piece in read_weights(folder, config, regions):
+        target = targets[name]
+        (target.to_local() if isinstance(target, DTensor) else target).copy_(piece)
 
 
 class Trainer:
@@ -76,7 +96,8 @@ class Trainer:
             print(message, flush=True)
 
     def build_model(self) -> torch.nn.Module:
-        """Build on the meta device, shard, allocate on the real device, then broadcast rank 0's weights.
+        """Build on the meta device, shard, allocate on the real device, then fill in the weights: each rank
+        reads its own shard of init.weights (read_local_shards), or rank 0 broadcasts its seeded random init.
         With expert parallelism the ranks of an ep group keep different experts, so every rank builds the
         full model with real weights (the same seeded init, or init.weights) and parallelize() cuts out its
         own experts before sharding (FSDP moves the shards to the device)."""
@@ -86,8 +107,11 @@ class Trainer:
             model = Transformer(self.config.model)
         model = parallelize(model, self.config.parallel, self.dims)
         model.to_empty(device=self.world.device)
-        full = stages.initial_model(self.config).state_dict() if self.world.is_main else {}
-        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        if self.config.init.weights:
+            read_local_shards(model, self.config.init.weights, self.config.model)
+        else:
+            full = stages.initial_model(self.config).state_dict() if self.world.is_main else {}
+            set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         model.reset_expert_loads()  # non-persistent buffers are in no state dict: to_empty left them uninitialised
         return model
 

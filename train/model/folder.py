@@ -42,6 +42,8 @@ def is_model_folder(path: str | os.PathLike) -> bool:
 
 def read_model_folder(path: str | os.PathLike) -> Transformer:
     path = Path(path)
+    if not (path / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{path}: has {CONFIG_FILE} but no {WEIGHTS_FILE} (an unfinished run's model folder?)")
     return model_from_state_dict(to_model_config(OmegaConf.load(path / CONFIG_FILE)), load_file(path / WEIGHTS_FILE))
 
 

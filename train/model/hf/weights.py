@@ -68,25 +68,51 @@ def _experts(state: dict, hf: str) -> int:
     return e
 
 
-def from_hf(state: dict, rules: list[Rule], num_layers: int, ignored: tuple[str, ...] = ()) -> dict:
-    """`ignored`: regexes of HF tensors to drop (buffers saved by old versions, a tied head)."""
-    concrete = list(_concrete(rules, num_layers))
+@dataclass(frozen=True)
+class Source:
+    """Where our tensors `ours` come from: the HF tensors `hf` (one, or one per expert, stacked) under `rule`."""
+
+    ours: tuple[str, ...]
+    hf: tuple[str, ...]
+    rule: Rule
+    experts: bool
+
+    @property
+    def direct(self) -> bool:
+        """One of our tensors per HF tensor (or per stack of experts): a region of ours is a region of theirs."""
+        return len(self.ours) == 1 and not self.rule.interleave
+
+    def combine(self, tensors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Our tensors from the whole HF tensors `tensors` (in the order of `hf`)."""
+        tensor = torch.stack(tensors) if self.experts else tensors[0]
+        return {name: chunk.contiguous() for name, chunk in zip(self.ours, _split(tensor, len(self.ours), self.rule))}
+
+
+def hf_sources(names, rules: list[Rule], num_layers: int, ignored: tuple[str, ...] = ()) -> list[Source]:
+    """How the HF tensors `names` map to ours; ValueError naming the ones no rule (and no `ignored` regex,
+    for buffers saved by old versions or a tied head) consumes."""
+    names, concrete = set(names), list(_concrete(rules, num_layers))
     expert_counts = {}  # the experts of a layer: the fewest any of its "{e}" tensors has
     for _, hf, _ in concrete:
         if "{e}" in hf:
             prefix = hf.split("{e}")[0]
-            expert_counts[prefix] = min(expert_counts.get(prefix, 1 << 30), _experts(state, hf))
-    out, used = {}, set()
+            expert_counts[prefix] = min(expert_counts.get(prefix, 1 << 30), _experts(names, hf))
+    sources, used = [], set()
     for ours, hf, rule in concrete:
-        names = [hf.format(e=e) for e in range(expert_counts[hf.split("{e}")[0]])] if "{e}" in hf else [hf]
-        if names and all(n in state for n in names):
-            tensor = torch.stack([state[n] for n in names]) if "{e}" in hf else state[hf]
-            for name, chunk in zip(ours, _split(tensor, len(ours), rule)):
-                out[name] = chunk.contiguous()
-            used.update(names)
+        hf_names = [hf.format(e=e) for e in range(expert_counts[hf.split("{e}")[0]])] if "{e}" in hf else [hf]
+        if hf_names and all(n in names for n in hf_names):
+            sources.append(Source(tuple(ours), tuple(hf_names), rule, "{e}" in hf))
+            used.update(hf_names)
             if "{e}" in hf:  # the extra per-expert tensors past the layer's expert count
-                used.update(hf.format(e=e) for e in range(len(names), _experts(state, hf)))
-    leftover = sorted(k for k in set(state) - used if not any(re.search(p, k) for p in ignored))
+                used.update(hf.format(e=e) for e in range(len(hf_names), _experts(names, hf)))
+    leftover = sorted(k for k in names - used if not any(re.search(p, k) for p in ignored))
     if leftover:
         raise ValueError(f"these Hugging Face weights have no name in this project: {leftover[:8]}")
+    return sources
+
+
+def from_hf(state: dict, rules: list[Rule], num_layers: int, ignored: tuple[str, ...] = ()) -> dict:
+    out = {}
+    for source in hf_sources(state, rules, num_layers, ignored):
+        out.update(source.combine([state[n] for n in source.hf]))
     return out
