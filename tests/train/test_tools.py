@@ -85,4 +85,4 @@ def test_commands_read_model_dir_and_the_old_checkpoint_spelling(model_dir, tmp_
     assert scored.returncode == 0 and f"passkey accuracy ({model_dir}, original context 64): 1x" in scored.stdout
     assert "checkpoint= is now model_dir=" in scored.stderr
     missing = run("train.export", f"model_dir={model_dir}")
-    assert missing.returncode != 0 and "give both model_dir=<model folder> and out=<folder to write>" in missing.stderr
+    assert missing.returncode != 0 and "give both model_dir=<model folder or step checkpoint> and out=<folder to write>" in missing.stderr
