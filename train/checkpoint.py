@@ -41,10 +41,11 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType, AsyncSaveResponse
 from torch.distributed.checkpoint.stateful import Stateful
+from torch.distributed.tensor import DTensor
 
 from train.config import CheckpointConfig
 from train.parallel.dims import ParallelDims
-from train.parallel.expert import expert_views
+from train.parallel.expert import expert_views, global_experts, is_expert_parameter
 from train.run_folder import CHECKPOINTS
 
 MODES = {"sync": None, "async": AsyncCheckpointerType.THREAD, "async_process": AsyncCheckpointerType.PROCESS}
@@ -88,7 +89,9 @@ class OptimizerState(Stateful):
         self.loaded = get_optimizer_state_dict(self.model, self.optimizer)
         if self.dims.ep == 1:
             return self.loaded
-        return {**self.loaded, "state": {k: expert_views(v, self.dims) if isinstance(v, dict) else v
+        # the moments of an expert parameter (its name is the key) as views of all experts, like the parameter
+        return {**self.loaded, "state": {k: {n: global_experts(t, self.dims) if isinstance(t, DTensor) else t
+                                             for n, t in v.items()} if is_expert_parameter(k) else v
                                          for k, v in self.loaded["state"].items()}}
 
     def load_state_dict(self, state) -> None:

@@ -76,6 +76,7 @@ def layer_worker(rank, world, port, ep, capacity_factor, out):
     expert_parallel.all_to_all_single_autograd = lambda x, out_s, in_s, g: splits.append((in_s, out_s)) or real(x, out_s, in_s, g)
     x = x_WBTD[rank].clone().requires_grad_()
     y = moe(x)
+    moe.record_loads()  # what the Transformer does after its forward
     (y * g_WBTD[rank]).sum().backward()
     expert_parallel.all_to_all_single_autograd = real
 
