@@ -15,9 +15,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from train import stages
 from train.batch_plan import batch_plan
@@ -25,34 +23,17 @@ from train.callbacks import default_callbacks
 from train.checkpoint import Checkpointer, ModelState, OptimizerState
 from train.config import TrainConfig
 from train.data_loader import DataStream, to_device, validation_batches
-from train.model.load import read_weights
 from train.model.transformer import Transformer
 from train.nonfinite import NonFiniteGuard
 from train.optim import build_optimizer, build_scheduler, register_router_bias_update
 from train.parallel.dims import ParallelDims
-from train.parallel.fsdp import parallelize
+from train.parallel.fsdp import parallelize, read_local_shards
 from train.parallel.grad_norm import clip_grad_norm
 from train.parallel.world import World, all_reduce_sum, init_world, set_collective_timeout, set_determinism
 from train.progress import Progress, StepResult
 
 
 @torch.no_grad()
-def read_local_shards(model: torch.nn.Module, folder: str, config) -> None:
-    """Fill a sharded model from a model folder: each rank reads only the rows of its own shards (a DTensor's
-    local chunk: FSDP2's Shard(0) rows of every mesh dimension it is sharded on), one tensor at a time, and
-    converts them to the parameter's dtype in place. No rank holds more than its shards and one tensor (a
-    whole one only where an adapter rule fuses several). Buffers are not sharded: read whole."""
-    targets = get_model_state_dict(model)  # clean names (no wrapper prefixes); the tensors share the storage
-    regions = {}
-    for name, tensor in targets.items():
-        shape, offset = (compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
-                         if isinstance(tensor, DTensor) else (tensor.shape, (0,) * tensor.ndim))
-        regions[name] = tuple(slice(o, o + n) for o, n in zip(offset, shape))
-    for name, piece in read_weights(folder, config, regions):
-        target = targets[name]
-        (target.to_local() if isinstance(target, DTensor) else target).copy_(piece)
-
-
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -96,11 +77,9 @@ class Trainer:
             print(message, flush=True)
 
     def build_model(self) -> torch.nn.Module:
-        """Build on the meta device, shard, allocate on the real device, then fill in the weights: each rank
-        reads its own shard of init.weights (read_local_shards), or rank 0 broadcasts its seeded random init.
-        With expert parallelism the ranks of an ep group keep different experts, so every rank builds the
-        full model with real weights (the same seeded init, or init.weights) and parallelize() cuts out its
-        own experts before sharding (FSDP moves the shards to the device)."""
+        """Build on the meta device, shard, allocate, then fill in the weights: each rank reads its own shard of
+        init.weights, or rank 0 broadcasts its seeded random init. With expert parallelism every rank builds
+        the full model (its ep group's ranks keep different experts, cut out by parallelize)."""
         if self.dims.ep > 1:
             return parallelize(stages.initial_model(self.config), self.config.parallel, self.dims).to(self.world.device)
         with torch.device("meta"):

@@ -1,5 +1,6 @@
 """Apply parallelism to a plain model from the outside: expert parallelism, activation checkpointing,
-torch.compile and FSDP2 (`fully_shard`) over the data-parallel mesh. The model code never sees any of it.
+torch.compile and FSDP2 (`fully_shard`) over the data-parallel mesh, and fill a sharded model from a model
+folder, each rank reading only its own shards (`read_local_shards`). The model code never sees any of it.
 
 Order as in torchtitan: experts cut to this rank's (on the plain model, clean parameter names), then
 checkpoint wrappers, then compile, then shard each block and the root (so each block's parameters are
@@ -10,9 +11,13 @@ units over the edp mesh (train/parallel/expert.py); the dense parameters are sha
 import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from train.config import ParallelConfig
+from train.model.load import read_weights
 from train.model.moe.layer import MoE
 from train.parallel.dims import ParallelDims
 from train.parallel.expert import apply_expert_parallel, shard_experts
@@ -62,3 +67,19 @@ def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) ->
     fully_shard(model, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=False)
     register_fsdp_forward_method(model, "hidden_states")
     return model
+
+
+def read_local_shards(model: torch.nn.Module, folder: str, config) -> None:
+    """Fill a sharded model from a model folder: each rank reads only the rows of its own shards (a DTensor's
+    local chunk: FSDP2's Shard(0) rows of every mesh dimension it is sharded on), one tensor at a time, and
+    converts them to the parameter's dtype in place. No rank holds more than its shards and one tensor (a
+    whole one only where an adapter rule fuses several). Buffers are not sharded: read whole."""
+    targets = get_model_state_dict(model)  # clean names (no wrapper prefixes); the tensors share the storage
+    regions = {}
+    for name, tensor in targets.items():
+        shape, offset = (compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+                         if isinstance(tensor, DTensor) else (tensor.shape, (0,) * tensor.ndim))
+        regions[name] = tuple(slice(o, o + n) for o, n in zip(offset, shape))
+    for name, piece in read_weights(folder, config, regions):
+        target = targets[name]
+        (target.to_local() if isinstance(target, DTensor) else target).copy_(piece)
