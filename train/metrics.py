@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -117,11 +117,17 @@ class MetricsLogger:
         self.wandb = None
         if not enabled:
             return
+        rewind = False
         if self.path.exists():  # drop what a crashed attempt logged after the checkpoint we resume from
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
-            atomic_write(self.path, "".join(line + "\n" for line in kept))
+            records, torn = read_metrics(self.path)
+            kept = [r for r in records if r.get("step", 0) <= resume_step]
+            rewind = len(kept) < len(records)
+            if rewind or torn:
+                atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+                print(f"{self.path}: kept the records up to step {resume_step}, the resumed checkpoint; dropped "
+                      f"{len(records) - len(kept)} later one(s)" + (" and a torn last line" if torn else ""), flush=True)
         if config.wandb.mode != "disabled":
-            self.wandb = start_wandb(run_dir, config, resolved_config, stage)
+            self.wandb = start_wandb(run_dir, config, resolved_config, stage, resume_step if rewind else None)
 
     def log(self, record: Dict[str, object]) -> None:
         if not self.enabled:
@@ -162,16 +168,41 @@ def launch_info() -> Dict[str, object]:
     }
 
 
-def start_wandb(run_dir: Path, config: LoggingConfig, resolved_config: Dict[str, object], stage: str):
+def read_metrics(path: Path) -> Tuple[List[Dict[str, object]], bool]:
+    """The records of a metrics.jsonl, and whether its last line was torn (a kill in the middle of a write:
+    dropped). A malformed line before the last is an error naming the file and line."""
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                return records, True
+            raise ValueError(f"{path}:{number}: not a JSON record; the file is damaged before its last line: "
+                             "fix or remove that line") from None
+    return records, False
+
+
+def start_wandb(run_dir: Path, config: LoggingConfig, resolved_config: Dict[str, object], stage: str,
+                rewind_to: Optional[int] = None):
+    """The run folder's one W&B run, resumed. After a crash (`rewind_to`: the resumed checkpoint's step,
+    with later steps logged by the dead attempt) an online run is rewound there (W&B's resume_from), so the
+    dashboard holds the steps metrics.jsonl holds; W&B would otherwise drop the re-logged, non-monotonic
+    steps and keep the dead attempt's. Offline runs cannot rewind before they are synced: they resume,
+    and metrics.jsonl is the record."""
     import wandb
 
     settings = config.wandb
     if settings.mode not in ("online", "offline"):
         raise ValueError(f"logging.wandb.mode={settings.mode!r}; use online, offline or disabled")
+    run_id = wandb_run_id(run_dir)
+    where = (dict(resume_from=f"{run_id}?_step={rewind_to}") if rewind_to is not None and settings.mode == "online"
+             else dict(id=run_id, resume="allow"))
     return wandb.init(
         project=settings.project, entity=settings.entity, group=settings.group, tags=list(settings.tags),
-        name=f"{run_dir.name}", job_type=stage, id=wandb_run_id(run_dir), resume="allow",
-        mode=settings.mode, dir=str(run_dir), config={**resolved_config, "launch": launch_info()},
+        name=f"{run_dir.name}", job_type=stage, mode=settings.mode, dir=str(run_dir),
+        config={**resolved_config, "launch": launch_info()}, **where,
         allow_val_change=True,  # a requeued job updates `launch` (job restart count, nodes) in the resumed run
     )
 

@@ -1,10 +1,12 @@
-"""The MFU peak table, and the memory figures of train/metrics.py (CPU; CUDA names and state stubbed)."""
+"""train/metrics.py: the MFU peak table, the memory figures (CPU; CUDA names and state stubbed), and what a resume does to metrics.jsonl and the W&B run."""
+
+import json
 
 import pytest
 import torch
 
-from train.config import LoggingConfig
-from train.metrics import gpu_peak_tflops, memory_stats, peak_tflops, reset_memory_stats
+from train.config import LoggingConfig, WandbConfig
+from train.metrics import MetricsLogger, gpu_peak_tflops, memory_stats, peak_tflops, reset_memory_stats
 
 BF16, FP32 = torch.bfloat16, torch.float32
 
@@ -61,3 +63,41 @@ def test_cuda_memory_figures_from_the_allocator(monkeypatch):
     assert memory_stats(cuda) == {"memory_gb": 3.0, "memory_reserved_gb": 4.0, "alloc_retries": 2, "ooms": 0}
     reset_memory_stats(cuda)
     assert calls == ["peaks", "counts"]
+
+
+def logger(tmp_path, resume_step, mode="disabled"):
+    return MetricsLogger(tmp_path, LoggingConfig(wandb=WandbConfig(mode=mode)), {}, resume_step, True, "pretrain")
+
+
+def test_resume_keeps_the_records_up_to_the_checkpoint_and_drops_a_torn_last_line(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
+    logger(tmp_path, resume_step=3)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert "dropped 2 later one(s) and a torn last line" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".metrics.jsonl.tmp*"))  # rewritten through a temporary file
+
+
+def test_a_damaged_line_before_the_last_names_the_file_and_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
+        logger(tmp_path, resume_step=2)
+
+
+@pytest.mark.parametrize("mode, later_steps, expected", [
+    ("online", True, {"resume_from": "RUNID?_step=3"}),  # a crash: rewind the dashboard to the checkpoint
+    ("online", False, {"id": "RUNID", "resume": "allow"}),  # a requeue: nothing to rewind
+    ("offline", True, {"id": "RUNID", "resume": "allow"}),  # offline runs cannot rewind before sync
+])
+def test_wandb_is_rewound_to_the_resumed_step_after_a_crash(tmp_path, monkeypatch, mode, later_steps, expected):
+    import sys
+    import types
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: calls.append(kw)))
+    (tmp_path / "wandb_run_id").write_text("RUNID")
+    last = 5 if later_steps else 3
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, last + 1)))
+    logger(tmp_path, resume_step=3, mode=mode)
+    (call,) = calls
+    assert {k: call[k] for k in ("id", "resume", "resume_from") if k in call} == expected
