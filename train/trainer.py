@@ -33,7 +33,6 @@ from train.parallel.world import World, all_reduce_sum, init_world, set_collecti
 from train.progress import Progress, StepResult
 
 
-@torch.no_grad()
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config

@@ -69,6 +69,7 @@ def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) ->
     return model
 
 
+@torch.no_grad()
 def read_local_shards(model: torch.nn.Module, folder: str, config) -> None:
     """Fill a sharded model from a model folder: each rank reads only the rows of its own shards (a DTensor's
     local chunk: FSDP2's Shard(0) rows of every mesh dimension it is sharded on), one tensor at a time, and
