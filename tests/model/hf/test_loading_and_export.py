@@ -150,3 +150,28 @@ def test_sharded_hf_folder_pretrains_on_two_ranks_and_a_step_exports(prepared_da
     reference = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     ids = torch.randint(0, 512, (2, 24))
     torch.testing.assert_close(logits(reference, ids), logits(load_model(two / "model").eval(), ids), atol=1e-5, rtol=1e-5)
+
+
+FAMILY_PRESETS = ["llama3_2_1b_tiny", "mistral_7b_tiny", "qwen2_5_0_5b_tiny", "mixtral_8x7b_tiny", "gemma3_tiny",
+                  "olmo2_tiny"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_every_new_family_pretrains_from_its_hugging_face_folder(prepared_data, preset, tmp_path):
+    """`python -m train stage=pretrain init.weights=<a Hugging Face folder>` for each family the interop work
+    added: the exported tiny preset is the folder; training starts from its weights (the first loss equals
+    transformers' own on the first global batch) and takes its steps."""
+    torch.manual_seed(0)
+    export_hf(build_model(preset, vocab_size=512), tmp_path / "hf")
+    run_training(tmp_path / "run", prepared_data, "stage=pretrain", f"init.weights={tmp_path / 'hf'}",
+                 "trainer.max_steps=2", "trainer.record_samples=true", "model.vocab_size=512")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    windows = TokenWindows(prepared_data, "train", 64, seed=0)
+    first = sorted(consumed_indices(tmp_path / "run"))[:8]
+    tokens = torch.from_numpy(np.stack([windows[i].tokens for i in first]))
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(reference(tokens[:, :-1]).logits.flatten(0, 1).float(),
+                                                     tokens[:, 1:].flatten())
+    assert sorted(losses(tmp_path / "run")) == [1, 2]
+    assert losses(tmp_path / "run")[1] == pytest.approx(float(expected), rel=1e-4)
