@@ -1,6 +1,14 @@
 """Helpers for model tests."""
 
+import torch
+
 from train.model import load_model
+
+
+def hf_logits(model, ids):
+    """A transformers model's logits, without gradients."""
+    with torch.no_grad():
+        return model(ids).logits
 
 
 def hf_roundtrip(tmp_path_factory, reference):

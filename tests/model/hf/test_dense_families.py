@@ -11,6 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from train.model import build_model, load_model, save_model
 from train.model.hf import export_hf
 from common.paths import REPO
+from tests.model_helpers import hf_logits
 
 SMALL = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
              max_position_embeddings=256, initializer_range=0.1, attn_implementation="eager")
@@ -28,11 +29,6 @@ HF_MODELS = {
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64, initializer_range=0.1,
                                                bos_token_id=0, eos_token_id=0, attn_implementation="eager")),
 }
-
-
-def hf_logits(model, ids):
-    with torch.no_grad():
-        return model(ids).logits
 
 
 @pytest.mark.parametrize("name", HF_MODELS)

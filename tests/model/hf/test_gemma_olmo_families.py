@@ -16,6 +16,7 @@ from train.model.config import load_preset
 from train.model.hf import _architecture, export_hf, gemma3, hf_config, olmo2
 from train.model.config import to_model_config
 from train.model.summary import summarize
+from tests.model_helpers import hf_logits
 
 GEMMA = dict(vocab_size=96, hidden_size=72, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, max_position_embeddings=256, initializer_range=0.1,
@@ -48,11 +49,6 @@ def perturb_norms(model):
     for name, param in model.named_parameters():
         if "norm" in name:
             param.add_(0.3 * torch.randn_like(param))
-
-
-def hf_logits(model, ids):
-    with torch.no_grad():
-        return model(ids).logits
 
 
 @pytest.mark.parametrize("name", HF_MODELS)
