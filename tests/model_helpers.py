@@ -41,3 +41,19 @@ def assert_cached_decoding_equals_full(model, ids_BT, prompt: int, tolerance: fl
         steps += [model(ids_BT[:, t : t + 1], cache=cache) for t in range(prompt, T)]
     assert full_BTV.std() > 0.1
     torch.testing.assert_close(torch.cat(steps, dim=1), full_BTV, atol=tolerance, rtol=tolerance)
+
+
+def naive_choice_logliks(model, tokenizer, context: str, choices, max_len: int) -> list:
+    """Each choice's summed log-likelihood after `context` + " ": one forward per choice over the full
+    logits, the continuation being the ids of context + " " + choice after those of the context alone (as
+    lm-eval splits them), left-truncated to max_len + 1 ids. The reference for train/downstream.py."""
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    context_ids, logliks = encode(context), []
+    for choice in choices:
+        whole = encode(context + " " + choice)
+        continuation = len(whole) - len(context_ids)
+        ids = whole[-(max_len + 1):]
+        with torch.no_grad():
+            log_probs_TV = model(torch.tensor([ids[:-1]]))[0].double().log_softmax(-1)
+        logliks.append(sum(log_probs_TV[t, ids[t + 1]].item() for t in range(len(ids) - 1 - continuation, len(ids) - 1)))
+    return logliks

@@ -7,9 +7,10 @@ Hooks, each called as `hook(trainer, ...)` on every callback in order (all optio
     on_train_end       after the loop (finished, or stopped on request)
     close()            at the end of the process, also after an error
 The default set, in order: console + metrics file + W&B at `trainer.log_every` (tokens/s, MFU, memory),
-validation at `trainer.val_every` and at the end, checkpoints every `checkpoint.every` steps, stop
-requests (SIGTERM/SIGUSR1 to a worker, or the run folder's `stop` file: finish the step, checkpoint,
-exit 0), the final model folder, and the closing summary.
+validation at `trainer.val_every` and at the end, multiple-choice accuracy (when `downstream.path` is set:
+DownstreamEval), checkpoints every `checkpoint.every` steps, stop requests (SIGTERM/SIGUSR1 to a worker,
+or the run folder's `stop` file: finish the step, checkpoint, exit 0), the final model folder, and the
+closing summary.
 """
 
 import shutil
@@ -19,15 +20,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
+from tokenizers import Tokenizer
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from train import run_folder
+from train.downstream import accuracies, read_questions, score_share
 from train.metrics import MetricsLogger, Throughput, format_line, memory_stats, peak_tflops, reset_memory_stats
 from train.model import save_model
 from train.model.folder import model_from_state_dict
 from train.model.summary import summarize
 from train.parallel.expert import gathered_experts
 from train.parallel.fsdp import DTYPES
+from train.parallel.world import all_reduce_sum
 from train.progress import StepResult
 from train.stages import tokenizer_folder
 
@@ -85,6 +89,29 @@ class Validate(Callback):
         self.logger.log({"step": step, **evaluation})
         trainer.say(f"step {step:>5}/{self.max_steps} | " + " | ".join(
             f"{key.replace('_', ' ')} {value:.4f}" for key, value in evaluation.items()))
+
+
+class DownstreamEval(Callback):
+    """Every `downstream.every` steps and at the last: multiple-choice accuracy on `downstream.path`
+    (train/downstream.py), each rank scoring a share of the questions, logged as downstream/acc and acc_norm."""
+
+    def __init__(self, trainer, logger: MetricsLogger):
+        config = trainer.config
+        self.logger, self.settings, self.max_steps = logger, config.downstream, config.trainer.max_steps
+        self.questions = read_questions(config.downstream.path)  # a bad file fails now, not at step `every`
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_folder(config) / "tokenizer.json"))
+
+    def on_step(self, trainer, result: StepResult) -> None:
+        step, every = trainer.progress.step, self.settings.every
+        if not result.taken or not ((every and step % every == 0) or step == self.max_steps):
+            return
+        sums = score_share(trainer.model, self.tokenizer, self.questions, trainer.world.rank, trainer.world.size,
+                           self.settings.batch_size, trainer.config.trainer.loss_chunk_tokens)
+        trainer.model.reset_expert_loads()  # scoring's routing does not count towards balancing
+        scores = {f"downstream/{key}": value for key, value in accuracies(all_reduce_sum(sums)).items()}
+        self.logger.log({"step": step, **scores})
+        trainer.say(f"step {step:>5}/{self.max_steps} | {len(self.questions)} questions of {self.settings.path}: "
+                    + " | ".join(f"{key.split('/')[1]} {value:.4f}" for key, value in scores.items()))
 
 
 class StopRequests(Callback):
@@ -178,5 +205,6 @@ def default_callbacks(trainer) -> list:
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     logger = MetricsLogger(trainer.run_dir, config.logging, resolved, trainer.progress.step, trainer.world.is_main,
                            config.stage)
-    return [LogMetrics(trainer, logger), Validate(trainer, logger), StopRequests(trainer), Checkpoints(trainer),
-            FinalModel(), Summary(), CloseLogger(logger)]
+    downstream = [DownstreamEval(trainer, logger)] if config.downstream.path else []
+    return [LogMetrics(trainer, logger), Validate(trainer, logger), *downstream, StopRequests(trainer),
+            Checkpoints(trainer), FinalModel(), Summary(), CloseLogger(logger)]

@@ -132,6 +132,15 @@ class LoggingConfig:
 
 
 @dataclass
+class DownstreamConfig:
+    """Multiple-choice accuracy during training (train/downstream.py), logged as downstream/acc and downstream/acc_norm."""
+
+    path: Optional[str] = None  # a JSONL file of {"query", "choices", "answer"} rows; None: off
+    every: int = 0  # steps between scorings (and always at the last step); 0: only at the last
+    batch_size: int = 16  # (context, choice) pairs per forward on each rank
+
+
+@dataclass
 class TrainConfig:
     stage: str = "pretrain"  # pretrain | midtrain | sft | dpo
     run_name: str = "pretrain"
@@ -145,6 +154,7 @@ class TrainConfig:
     init: InitConfig = field(default_factory=InitConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
     def __post_init__(self) -> None:
         """The spellings of the last release keep working for one more, with a message."""
