@@ -176,7 +176,7 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 @dataclass
 class ModelFolderArgs:
-    """The `model_dir=` argument of the commands that read a model folder (talk, passkey, export)."""
+    """The `model_dir=` argument of the commands that read a model folder (talk, passkey, export, evaluate)."""
 
     model_dir: Optional[str] = None  # a model folder: a stage's model/ or a Hugging Face folder
     checkpoint: Optional[str] = None  # deprecated spelling of model_dir

@@ -31,7 +31,7 @@ from train.config import ModelFolderArgs
 from train.downstream import DELIMITER, read_questions
 from train.export import export, is_step_checkpoint
 from train.model.folder import is_model_folder
-from train.model.hf import EXPORT_DTYPES
+from train.model.hf import EXPORT_DTYPES, TOKENIZER_FILES
 
 MISSING = 'lm-eval is not installed: pip install -e ".[eval]" (or pip install "lm-eval>=0.4.13,<0.5")'
 
@@ -65,8 +65,6 @@ def jsonl_task(path: Path) -> Dict[str, Any]:
 
 def local_tasks(paths: List[str]) -> List[Dict[str, Any]]:
     """lm-eval task configs of task_files: a YAML file, each *.yaml of a folder, or a .jsonl file."""
-    from lm_eval.tasks._yaml_loader import load_yaml  # what lm-eval's own CLI reads task files with
-
     configs = []
     for name in paths:
         path = Path(name)
@@ -77,6 +75,8 @@ def local_tasks(paths: List[str]) -> List[Dict[str, Any]]:
             if file.suffix == ".jsonl":
                 configs.append(jsonl_task(file))
             elif file.suffix in (".yaml", ".yml"):
+                from lm_eval.tasks._yaml_loader import load_yaml  # what lm-eval's own CLI reads task files with
+
                 configs.append(load_yaml(file, resolve_func=True))
             else:
                 raise ValueError(f"task_files: {file}: give an lm-eval task .yaml, a folder of them, or a multiple-choice .jsonl")
@@ -88,9 +88,10 @@ def hf_folder(model_dir: Path, dtype: str, scratch: Path) -> Path:
     if (model_dir / "config.json").is_file() and not is_model_folder(model_dir) and not is_step_checkpoint(model_dir):
         return model_dir
     folder = export(model_dir, scratch / "hf", dtype=dtype)
-    if not (folder / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: no tokenizer found for it (tokenizer.json beside the model, or in "
-                                "the run's model/ folder for a step checkpoint); lm-eval needs one")
+    lacking = [name for name in TOKENIZER_FILES[:2] if not (folder / name).is_file()]
+    if lacking:  # lm-eval reads the end-of-text token from tokenizer_config.json
+        raise FileNotFoundError(f"{model_dir}: no {' or '.join(lacking)} found for it (beside the model, or in the "
+                                "run's model/ folder for a step checkpoint); lm-eval needs both tokenizer files")
     return folder
 
 
