@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer
 
 from tests.model_helpers import naive_choice_logliks
-from tests.train_helpers import metrics, run_training
+from tests.train_helpers import metrics, run_training, wandb_records
 from train.downstream import accuracies, encode_choice, read_questions, score_share
 from train.model import build_model, load_model
 
@@ -88,13 +88,19 @@ def test_a_bad_row_names_its_line(tmp_path, line, message):
 
 @pytest.mark.slow
 def test_the_callback_scores_the_sharded_model_on_two_ranks(prepared_data, tokenizer, tmp_path):
-    """A 2-rank pre-training run scores every 2 steps; at the last step the sharded model's figures equal
-    those of its final model folder scored in one process. ~40 s on 2 cores."""
+    """A 2-rank pre-training run scores every 2 steps and at the last, into metrics.jsonl and W&B; at the last
+    step the sharded model's figures are what one forward per choice gives on its final model folder.
+    ~35 s of CPU on 2 cores."""
     path = write_questions(tmp_path / "mc.jsonl", count=11)
     run_dir = tmp_path / "run"
     run_training(run_dir, prepared_data, "trainer.max_steps=3", f"downstream.path={path}", "downstream.every=2",
-                 "downstream.batch_size=4", nproc=2)
+                 "downstream.batch_size=4", "logging.wandb.mode=offline", nproc=2)
     scored = {r["step"]: r for r in metrics(run_dir) if "downstream/acc" in r}
     assert sorted(scored) == [2, 3]
+    logged = [{item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+              for run in run_dir.glob("wandb/offline-run-*/run-*.wandb") for record in wandb_records(run)
+              if record.WhichOneof("record_type") == "history"]
+    assert [float(h["downstream/acc"]) for h in logged if "downstream/acc" in h] == [scored[2]["downstream/acc"],
+                                                                                    scored[3]["downstream/acc"]]
     expected = naive_accuracies(load_model(run_dir / "model"), tokenizer, read_questions(path))
     assert {"acc": scored[3]["downstream/acc"], "acc_norm": scored[3]["downstream/acc_norm"]} == pytest.approx(expected)
