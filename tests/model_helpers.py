@@ -55,5 +55,6 @@ def naive_choice_logliks(model, tokenizer, context: str, choices, max_len: int) 
         ids = whole[-(max_len + 1):]
         with torch.no_grad():
             log_probs_TV = model(torch.tensor([ids[:-1]]))[0].double().log_softmax(-1)
-        logliks.append(sum(log_probs_TV[t, ids[t + 1]].item() for t in range(len(ids) - 1 - continuation, len(ids) - 1)))
+        scored = range(len(ids) - 1 - continuation, len(ids) - 1)  # the positions predicting the continuation
+        logliks.append(sum(log_probs_TV[t, ids[t + 1]].item() for t in scored))
     return logliks

@@ -133,7 +133,7 @@ class LoggingConfig:
 
 @dataclass
 class DownstreamConfig:
-    """Multiple-choice accuracy during training (train/downstream.py), logged as downstream/acc and downstream/acc_norm."""
+    """Multiple-choice accuracy during training (train/downstream.py): downstream/acc and downstream/acc_norm."""
 
     path: Optional[str] = None  # a JSONL file of {"query", "choices", "answer"} rows; None: off
     every: int = 0  # steps between scorings (and always at the last step); 0: only at the last

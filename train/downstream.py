@@ -87,9 +87,9 @@ def pair_batch(pairs: List[Tuple[List[int], List[int]]], max_len: int) -> Tuple[
 def score_share(model, tokenizer: Tokenizer, questions: List[Question], rank: int = 0, ranks: int = 1,
                 batch_size: int = 16, chunk_tokens: int = 4096) -> torch.Tensor:
     """[3] float64 sums over this rank's share of the questions (every ranks-th, from its own index): right
-    (acc), right by acc_norm, questions. Sum them over the ranks and pass them to `accuracies`. Every rank runs the same number of forwards (a
-    sharded model gathers its weights collectively): one with fewer choices to score repeats a batch and
-    leaves it out."""
+    by acc, right by acc_norm, questions. Sum them over the ranks and pass them to `accuracies`. Every rank
+    runs the same number of forwards (a sharded model gathers its weights collectively): one with fewer
+    choices to score repeats a batch and leaves it out."""
     device, max_len = model.output_weight().device, model.config.max_seq_len
     encoded = [[encode_choice(tokenizer, q.context, c) for c in q.choices] for q in questions]
     pairs = [pair for row in encoded[rank::ranks] for pair in row]

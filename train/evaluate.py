@@ -4,13 +4,14 @@ through its Hugging Face export.
     python -m train.evaluate model_dir=<folder> tasks=[hellaswag,arc_easy] [task_files=[...]] [limit=100]
         [num_fewshot=0] [batch_size=8] [device=auto] [dtype=fp32|bf16] [out=<results.json>]
 
-`model_dir` is a stage's model folder or a run's `checkpoints/step_N` (exported to a temporary Hugging Face
-folder first, train/export.py) or a Hugging Face folder (read as it is). `tasks` are lm-eval's named tasks
-(their data sets come from the Hugging Face Hub, or its cache offline); `task_files` are local: lm-eval task
-YAML files, folders of them, or multiple-choice .jsonl files in train/downstream.py's format (an lm-eval
-multiple_choice task named after the file, scored as the training callback scores it). Prints one line per
-task and metric, and writes lm-eval's results (without per-sample records) to `out`, by default
-<model_dir>/eval_results.json. Needs lm-eval: pip install -e ".[eval]".
+`model_dir` is a stage's model folder or a run's `checkpoints/step_N` (exported first, train/export.py, to a
+Hugging Face folder under $TMPDIR, removed at the end) or a Hugging Face folder (read as it is). `tasks`
+are lm-eval's named tasks (their data sets come from the Hugging Face Hub, or its cache offline);
+`task_files` are local: lm-eval task YAML files, folders of them, or multiple-choice .jsonl files in
+train/downstream.py's format (an lm-eval multiple_choice task named after the file, scored as the
+training callback scores it). Prints one line per task and metric, and writes lm-eval's results (without
+per-sample records) to `out`, by default <model_dir>/eval_results.json. Needs lm-eval:
+pip install -e ".[eval]".
 """
 
 import json
@@ -29,7 +30,7 @@ from common.atomic import atomic_write
 from common.paths import CONFIGS_DIR
 from train.config import ModelFolderArgs
 from train.downstream import DELIMITER, read_questions
-from train.export import export, is_step_checkpoint
+from train.export import export
 from train.model.folder import is_model_folder
 from train.model.hf import EXPORT_DTYPES, TOKENIZER_FILES
 
@@ -39,7 +40,7 @@ MISSING = 'lm-eval is not installed: pip install -e ".[eval]" (or pip install "l
 @dataclass
 class EvaluateConfig(ModelFolderArgs):
     tasks: List[str] = field(default_factory=list)  # lm-eval task or group names, e.g. [hellaswag,arc_easy]
-    task_files: List[str] = field(default_factory=list)  # local lm-eval task YAMLs, folders of them, multiple-choice .jsonl
+    task_files: List[str] = field(default_factory=list)  # local: lm-eval task YAMLs, folders of them, multiple-choice .jsonl
     limit: Optional[float] = None  # examples per task (below 1: a fraction of them); None: all
     num_fewshot: Optional[int] = None  # None: each task's own default
     batch_size: int = 8
@@ -79,13 +80,14 @@ def local_tasks(paths: List[str]) -> List[Dict[str, Any]]:
 
                 configs.append(load_yaml(file, resolve_func=True))
             else:
-                raise ValueError(f"task_files: {file}: give an lm-eval task .yaml, a folder of them, or a multiple-choice .jsonl")
+                raise ValueError(f"task_files: {file}: give an lm-eval task .yaml, a folder of them, "
+                                 "or a multiple-choice .jsonl")
     return configs
 
 
 def hf_folder(model_dir: Path, dtype: str, scratch: Path) -> Path:
     """model_dir itself when it is a Hugging Face folder, else its export into `scratch`."""
-    if (model_dir / "config.json").is_file() and not is_model_folder(model_dir) and not is_step_checkpoint(model_dir):
+    if (model_dir / "config.json").is_file() and not is_model_folder(model_dir):
         return model_dir
     folder = export(model_dir, scratch / "hf", dtype=dtype)
     lacking = [name for name in TOKENIZER_FILES[:2] if not (folder / name).is_file()]

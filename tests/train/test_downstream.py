@@ -70,13 +70,14 @@ def test_scores_equal_one_forward_per_choice_on_any_number_of_ranks(model, token
 
 def test_a_choice_keeps_the_context_tokenization_and_takes_its_trailing_spaces(tokenizer):
     context, continuation = encode_choice(tokenizer, "Answer: ", "blue")
-    assert context == tokenizer.encode("Answer:").ids and context + continuation == tokenizer.encode("Answer:  blue").ids
+    assert context == tokenizer.encode("Answer:").ids
+    assert context + continuation == tokenizer.encode("Answer:  blue").ids
 
 
 @pytest.mark.parametrize("line, message", [
     ('{"choices": ["a", "b"], "answer": 0}', "mc.jsonl:2: needs a non-empty string 'query' (or 'context')"),
     ('{"query": "q", "choices": ["a"], "answer": 0}', "mc.jsonl:2: 'choices' must be a list of two or more"),
-    ('{"query": "q", "choices": ["a", "b"], "answer": 2}', "mc.jsonl:2: 'answer' must be the index of the right choice (0..1)"),
+    ('{"query": "q", "choices": ["a", "b"], "answer": 2}', "mc.jsonl:2: 'answer' must be the index of the right choice"),
     ('{"query": "q", ', "mc.jsonl:2: not JSON"),
 ])
 def test_a_bad_row_names_its_line(tmp_path, line, message):

@@ -60,9 +60,9 @@ def test_lm_eval_scores_local_tasks_on_an_exported_model_as_the_model_itself_doe
     (tmp_path / "tiny_mc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "tiny_mc.yaml").write_text(TASK_YAML.format(path=tmp_path / "tiny_mc.jsonl"))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "cache"))
-    done = subprocess.run([sys.executable, "-m", "train.evaluate", f"model_dir={folder}", f"out={tmp_path / 'results.json'}",
-                           f"task_files=[{tmp_path / 'tiny_mc.yaml'},{tmp_path / 'tiny_mc.jsonl'}]", "batch_size=4"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-m", "train.evaluate", f"model_dir={folder}", f"out={tmp_path / 'results.json'}",
+               f"task_files=[{tmp_path / 'tiny_mc.yaml'},{tmp_path / 'tiny_mc.jsonl'}]", "batch_size=4"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     for task in ("tiny_mc_yaml", "tiny_mc"):  # the YAML task and the JSONL file read as one
