@@ -57,7 +57,7 @@ def held_out_rewards(policy_dir, reference_dir, run_dir) -> dict:
     trainer.val_samples held-out pairs, rewards beta * (log pi - log pi_ref) of each response."""
     config = OmegaConf.load(run_dir / "config.yaml")
     tokenizer = Tokenizer.from_file(str(Path(reference_dir) / "tokenizer.json"))
-    _, held_out, _ = load_pairs(ChatSource(), tokenizer, config.data.seq_len, config.data.chat_val_fraction)
+    held_out = load_pairs(ChatSource(), tokenizer, config.data.seq_len, config.data.chat_val_fraction).val
     policy, reference = load_model(policy_dir).eval(), load_model(reference_dir).eval()
     margins = []
     for pair in held_out[: config.trainer.val_samples]:
