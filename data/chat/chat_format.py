@@ -12,6 +12,8 @@ Labels follow TRL 1.16's dataset preparation (tested token by token in tests/dat
 - otherwise each assistant turn is found by rendering prefixes: its tokens start where the tokens of the
   conversation before it (with the generation prompt) stop being a prefix of the whole, and end where those
   of the conversation up to its end do (the last turn runs to the end): TRL's completion mask, turn by turn.
+  A turn whose preceding conversation the template renders differently inside the whole (Mistral's moves
+  the tools to the last user turn) cannot be found so and is not trained; the last turn always can.
 A prompt-completion row trains its completion only (`train_from`); a DPO response is the tokens after the
 prompt both sides share (TRL's shorter of the two common prefixes).
 
@@ -101,10 +103,8 @@ class OwnFormat(ChatFormat):
     def encode(self, messages, tools=None, train_from=0):
         if tools:
             raise BadRow("a tools column needs a chat template that renders tools (data.chat_template)")
-        for message in messages:
-            if message["role"] not in ROLES or message.get("tool_calls"):
-                raise BadRow(f"a {message['role']} turn with tool calls or results needs a chat template that "
-                             "renders them (data.chat_template)")
+        if any(m["role"] not in ROLES or m.get("tool_calls") for m in messages):
+            raise BadRow("tool calls and tool turns need a chat template that renders them (data.chat_template)")
         return encode_conversation(self.tokenizer, messages, train_from=train_from)
 
     def encode_pair(self, prompt, chosen, rejected, tools=None):
@@ -147,6 +147,14 @@ class TemplateFormat(ChatFormat):
             return 0
         return common_prefix(self.render(prompt, tools, add_generation_prompt=True)["input_ids"], ids)
 
+    def renders_as_prefix(self, before: List[Message], ids: List[int], tools: Optional[list]) -> bool:
+        """Whether the conversation before a turn renders as the start of the whole (Mistral's template, for one,
+        moves the tools to the last user turn): only then can the turn be found by its prefixes."""
+        if not before:
+            return True
+        alone = self.render(before, tools)["input_ids"]
+        return common_prefix(alone, ids) == len(alone)
+
     def encode(self, messages, tools=None, train_from=0):
         if self.generation:
             rendered = self.render(messages, tools, return_assistant_tokens_mask=True)
@@ -157,7 +165,7 @@ class TemplateFormat(ChatFormat):
             ids = self.render(messages, tools)["input_ids"]
             keep = [False] * len(ids)
             for turn, message in enumerate(messages):
-                if message["role"] != "assistant" or turn < train_from:
+                if message["role"] != "assistant" or turn < train_from or not self.renders_as_prefix(messages[:turn], ids, tools):
                     continue
                 start = self.prompt_length(messages[:turn], ids, tools)
                 end = len(ids) if turn == len(messages) - 1 else \
