@@ -6,6 +6,7 @@ with the `_training` variants that add `{% generation %}` blocks); Mistral's is 
 (tools, tool calls and results; the system message goes before the first user message, as v0.1/v0.2 do).
 """
 
+import types
 from pathlib import Path
 
 MISTRAL = """{%- if messages[0]["role"] == "system" %}
@@ -132,3 +133,33 @@ def save_hf_tokenizer(folder: Path, family: str, chat_template: str | None, toke
         hf.chat_template = chat_template
     hf.save_pretrained(str(folder))
     return folder
+
+
+def trl_args(kind, tmp_path, **options):
+    import trl
+
+    config = trl.SFTConfig if kind == "sft" else trl.DPOConfig
+    return config(output_dir=str(tmp_path), report_to=[], bf16=False, use_cpu=True, max_length=None, **options)
+
+
+def trl_sft(chat, rows, tmp_path, assistant_only_loss: bool):
+    """TRL's SFT dataset preparation of `rows` (its trainer's own method, on a stand-in for the trainer) with the
+    tokenizer of a TemplateFormat `chat`: rows with input_ids and labels."""
+    import datasets
+    import trl
+
+    trainer = types.SimpleNamespace(_tokenizer=chat.tokenizer, chat_template=None,
+                                    completion_only_loss="completion" in rows[0])
+    args = trl_args("sft", tmp_path, assistant_only_loss=assistant_only_loss)
+    return trl.SFTTrainer._prepare_dataset(trainer, datasets.Dataset.from_list(rows), chat.tokenizer, args, False, None,
+                                           "train")
+
+
+def trl_dpo(chat, rows, tmp_path):
+    """TRL's DPO dataset preparation: rows with prompt_ids, chosen_ids and rejected_ids."""
+    import datasets
+    import trl
+
+    trainer = types.SimpleNamespace(_tokenizer=chat.tokenizer)
+    return trl.DPOTrainer._prepare_dataset(trainer, datasets.Dataset.from_list(rows), chat.tokenizer,
+                                           trl_args("dpo", tmp_path), "train")

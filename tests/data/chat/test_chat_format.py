@@ -2,8 +2,6 @@
 3.1 and Mistral v0.3 templates, multi-turn, with system and tool turns and a tools column. The references are
 TRL's own dataset preparation (SFTTrainer._prepare_dataset, DPOTrainer._prepare_dataset) on the same rows."""
 
-import types
-
 import pytest
 
 from data.chat.chat_format import OwnFormat, TemplateFormat, chat_format
@@ -14,7 +12,7 @@ from data.chat.rows import BadRow, Skipped
 from data.chat.sft import encode_all
 from data.chat.template import CHAT_TOKENS, IGNORE
 from data.errors import DataError
-from tests.chat_helpers import bpe, save_hf_tokenizer, template
+from tests.chat_helpers import save_hf_tokenizer, template, trl_dpo, trl_sft
 
 transformers = pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")
@@ -63,26 +61,6 @@ def formats(tmp_path_factory):
         return made[name]
 
     return get
-
-
-def trl_args(kind, tmp_path, **options):
-    config = trl.SFTConfig if kind == "sft" else trl.DPOConfig
-    return config(output_dir=str(tmp_path), report_to=[], bf16=False, use_cpu=True, max_length=None, **options)
-
-
-def trl_sft(chat: TemplateFormat, rows, tmp_path, assistant_only_loss: bool):
-    """TRL's SFT dataset preparation of `rows` (its trainer's own method, on a stand-in for the trainer)."""
-    trainer = types.SimpleNamespace(_tokenizer=chat.tokenizer, chat_template=None,
-                                    completion_only_loss="completion" in rows[0])
-    args = trl_args("sft", tmp_path, assistant_only_loss=assistant_only_loss)
-    return trl.SFTTrainer._prepare_dataset(trainer, datasets.Dataset.from_list(rows), chat.tokenizer, args, False, None,
-                                           "train")
-
-
-def trl_dpo(chat: TemplateFormat, rows, tmp_path):
-    trainer = types.SimpleNamespace(_tokenizer=chat.tokenizer)
-    return trl.DPOTrainer._prepare_dataset(trainer, datasets.Dataset.from_list(rows), chat.tokenizer,
-                                           trl_args("dpo", tmp_path), "train")
 
 
 def with_tools(row, tools):
