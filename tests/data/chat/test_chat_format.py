@@ -4,10 +4,9 @@ TRL's own dataset preparation (SFTTrainer._prepare_dataset, DPOTrainer._prepare_
 
 import pytest
 
-from data.chat.chat_format import OwnFormat, TemplateFormat, chat_format
-from data.chat.formats import Conversation
+from data.chat.chat_format import OwnFormat, chat_format
+from data.chat.formats import Conversation, PreferencePair
 from data.chat.preferences import encode_pair
-from data.chat.formats import PreferencePair
 from data.chat.rows import BadRow, Skipped
 from data.chat.sft import encode_all
 from data.chat.template import CHAT_TOKENS, IGNORE
