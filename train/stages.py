@@ -17,6 +17,7 @@ then the run folder's tokenizer/. Rank 0 tokenizes into the cache (`data.chat_ca
 folder's tokenized/, which every rank and restart shares) while the other ranks wait for it.
 """
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -100,10 +101,13 @@ def grows_vocab(config: TrainConfig) -> bool:
 
 
 def save_run_tokenizer(chat: ChatFormat, folder: Path) -> None:
-    """The tokenizer as trained with into the run folder, when it differs from its source's files."""
+    """The tokenizer as trained with into the run folder, when it differs from its source's files (else an
+    earlier start's, under another template, is removed)."""
     if isinstance(chat, TemplateFormat) or chat.added:
         with atomic_directory(folder) as tmp:
             chat.save(tmp)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def cache_report(cache: Path, reused: bool) -> str:
