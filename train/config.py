@@ -31,6 +31,11 @@ class DataConfig:
     chat: ChatSource = field(default_factory=ChatSource)
     pack: bool = True  # SFT: pack conversations into windows (with document masking), else one per window
     chat_val_fraction: float = 0.05  # conversations / pairs held out, spread evenly
+    # How conversations are rendered: auto (the tokenizer's own chat template; ours for a tokenizer of
+    # `python -m data`) | own | chatml | a .jinja file; special tokens it writes that the tokenizer lacks are added
+    chat_template: str = "auto"
+    chat_cache: Optional[str] = None  # folder of tokenized SFT/DPO caches (reused by fingerprint); None: run folder's tokenized/
+    chat_workers: int = -1  # processes tokenizing a large SFT/DPO set; -1: one per core (at most 16)
     # DPO: pad a batch's length up to a multiple of this (at most seq_len): few distinct shapes keep memory
     # flat (kernels cache per shape; docs/notes.md, "Padding DPO batches")
     pad_to_multiple_of: int = 64

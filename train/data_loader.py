@@ -92,8 +92,18 @@ def collate_preferences(pad_id: int, multiple_of: int, max_length: int) -> Calla
     return collate
 
 
-def sft_items(windows) -> List[Dict[str, np.ndarray]]:
-    return [{"tokens": w.tokens, "labels": w.labels, "doc_ids": w.doc_ids} for w in windows]
+class SFTSamples(Dataset):
+    """SFT windows (data/chat/sft.py, e.g. memory-mapped from the tokenized cache) as sample dicts."""
+
+    def __init__(self, windows: Sequence):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+        window = self.windows[index]
+        return {"tokens": window.tokens, "labels": window.labels, "doc_ids": window.doc_ids}
 
 
 @dataclass

@@ -5,6 +5,8 @@ so launchers can read it cheaply.
     metrics.jsonl        one JSON record per logged step and per validation (rank 0)
     checkpoints/step_N/  DCP step checkpoints (train/checkpoint.py); the latest complete one is resumed
     model/               the final model folder (model.yaml + model.safetensors + tokenizer): the run is finished
+    tokenizer/           SFT/DPO with a chat template: the tokenizer as trained with (its template, added tokens)
+    tokenized/           SFT/DPO: the tokenized cache, one folder per fingerprint (data/chat/cache.py)
     stop                 written by a user or a batch script: finish the step, checkpoint, exit 0
     wandb_run_id         the W&B run id, fixed once, the same through restarts and requeues
 """
@@ -18,6 +20,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
+TOKENIZER = "tokenizer"
+TOKENIZED = "tokenized"
 STOP = "stop"
 WANDB_RUN_ID = "wandb_run_id"
 

@@ -9,24 +9,34 @@
 With `init.weights` the model's config is the folder's (the `model=` preset is not used), changed by
 `init.overrides` (e.g. YaRN for mid-training); the resolved config is what config.yaml records. The
 tokenizer travels with the model: the prepared data's for pre-training, the start model's after.
+
+SFT and DPO render conversations with the start model's tokenizer and chat format (data/chat/chat_format.py:
+ours, or the tokenizer's own template, or `data.chat_template`). Special tokens a template adds grow the
+model's vocabulary (new rows the mean of the old, train/model/resize.py); the tokenizer as trained with is
+then the run folder's tokenizer/. Rank 0 tokenizes into the cache (`data.chat_cache`, by default the run
+folder's tokenized/, which every rank and restart shares) while the other ranks wait for it.
 """
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-from tokenizers import Tokenizer
-
+from common.atomic import atomic_directory
+from data.chat.chat_format import ChatFormat, TemplateFormat, chat_format
 from data.chat.preferences import load_pairs
 from data.chat.sft import load_sft
+from data.chat.workers import default_workers
 from data.reader import PreparedData, TokenWindows
+from train import run_folder
 from train.config import TrainConfig
-from train.data_loader import Indexed, StageData, Windows, collate_preferences, collate_windows, sft_items
+from train.data_loader import Indexed, SFTSamples, StageData, Windows, collate_preferences, collate_windows
 from train.model import load_model
 from train.model.load import model_config
 from train.model.config import apply_overrides
 from train.model.folder import model_from_state_dict
+from train.model.resize import grow_vocab
 from train.model.transformer import Transformer
 from train.objectives import DirectPreference, NextToken
 
@@ -62,42 +72,86 @@ def stage_of(config: TrainConfig) -> Stage:
         if data.vocab_size > config.model.vocab_size:
             raise ValueError(f"the tokenizer of {config.data.path} has {data.vocab_size} tokens but model.vocab_size="
                              f"{config.model.vocab_size}; set model.vocab_size={data.vocab_size} or more")
+    else:  # the tokens a chat template added grow the start model's vocabulary (initial_model)
+        config.model.vocab_size = max(config.model.vocab_size, chat_format_of(config).vocab_size)
     return stage
 
 
-def tokenizer_folder(config: TrainConfig) -> Path:
-    """Where the run's tokenizer comes from: the start model's folder if it has one, else the prepared data's."""
+def tokenizer_source(config: TrainConfig) -> Path:
+    """Where the run's tokenizer is read from: the start model's folder if it has one, else the prepared data's."""
     folder = Path(config.init.weights or config.data.path)
     return folder if (folder / "tokenizer.json").is_file() else Path(config.data.path)
 
 
-def stage_data(stage: Stage, config: TrainConfig) -> StageData:
+def tokenizer_folder(config) -> Path:
+    """Where the run's tokenizer is (what the final model folder and export copy): the run folder's tokenizer/
+    when a chat stage saved one there (a template, added tokens), else its source. `config` may also be a
+    run's config.yaml as read by OmegaConf."""
+    saved = Path(config.out_dir) / config.run_name / run_folder.TOKENIZER
+    return saved if (saved / "tokenizer.json").is_file() else tokenizer_source(config)
+
+
+def chat_format_of(config: TrainConfig) -> ChatFormat:
+    return chat_format(str(tokenizer_source(config)), config.data.chat_template)
+
+
+def grows_vocab(config: TrainConfig) -> bool:
+    """Whether the model has more tokens than its init.weights (added by a chat template)."""
+    return bool(config.init.weights) and config.model.vocab_size > model_config(config.init.weights).vocab_size
+
+
+def save_run_tokenizer(chat: ChatFormat, folder: Path) -> None:
+    """The tokenizer as trained with into the run folder, when it differs from its source's files (else an
+    earlier start's, under another template, is removed)."""
+    if isinstance(chat, TemplateFormat) or chat.added:
+        with atomic_directory(folder) as tmp:
+            chat.save(tmp)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def cache_report(cache: Path, reused: bool) -> str:
+    return f"reused {cache}" if reused else f"tokenized into {cache}"
+
+
+def stage_data(stage: Stage, config: TrainConfig, builder: bool = True) -> StageData:
+    """The stage's training and held-out samples. For SFT and DPO the `builder` (rank 0) tokenizes into the
+    cache and saves the run's tokenizer; the others wait for the cache."""
     data = config.data
     if stage.reads == "shards":
         train = Windows(TokenWindows(data.path, "train", data.seq_len, seed=data.seed, shuffle=True))
         val = Windows(TokenWindows(data.path, data.val_split, data.seq_len, shuffle=False))
         return StageData(train, [val[i] for i in range(len(val))], collate_windows,
                          f"{len(train):,} windows of {data.seq_len} tokens from {data.path}")
-    tokenizer = Tokenizer.from_file(str(tokenizer_folder(config) / "tokenizer.json"))
-    pad_id = tokenizer.token_to_id("<|pad|>") or 0
+    chat = chat_format_of(config)
+    if builder:
+        save_run_tokenizer(chat, config.run_dir / run_folder.TOKENIZER)
+    cached = {"cache": Path(data.chat_cache or config.run_dir / run_folder.TOKENIZED), "builder": builder,
+              "workers": data.chat_workers if data.chat_workers >= 0 else default_workers(),
+              "wait_s": config.parallel.init_timeout_s}
     if stage.reads == "conversations":
-        sft = load_sft(data.chat, tokenizer, data.seq_len, pad_id, data.pack, data.chat_val_fraction)
-        report = f"{sft.conversations:,} conversations in {len(sft.train):,} windows (+{len(sft.val)} held out)"
-        train, val, collate, skipped = sft_items(sft.train), sft_items(sft.val), collate_windows, sft.skipped
+        sft = load_sft(data.chat, chat, data.seq_len, chat.pad_id, data.pack, data.chat_val_fraction, **cached)
+        report = (f"{sft.conversations:,} conversations in {len(sft.train):,} windows (+{len(sft.val)} held out), "
+                  f"{cache_report(sft.cache, sft.reused)}")
+        train, val, collate, skipped = SFTSamples(sft.train), SFTSamples(sft.val), collate_windows, sft.skipped
     else:
-        train, val, skipped = load_pairs(data.chat, tokenizer, data.seq_len, data.chat_val_fraction)
-        report = f"{len(train):,} preference pairs (+{len(val)} held out)"
-        collate = collate_preferences(pad_id, data.pad_to_multiple_of, data.seq_len)
+        pairs = load_pairs(data.chat, chat, data.seq_len, data.chat_val_fraction, **cached)
+        report = f"{len(pairs.train):,} preference pairs (+{len(pairs.val)} held out), {cache_report(pairs.cache, pairs.reused)}"
+        train, val, skipped = pairs.train, pairs.val, pairs.skipped
+        collate = collate_preferences(chat.pad_id, data.pad_to_multiple_of, data.seq_len)
+    if chat.added:
+        report += f"; added {', '.join(chat.added)} to the tokenizer (vocabulary {config.model.vocab_size:,})"
     if skipped.counts:  # the counts by reason; "(kept)" ones (e.g. truncated) were used, not dropped
         report += f"; skipped {skipped.dropped()}: {skipped.report()}"
-    return StageData(Indexed(train, data.seed), [(item, i) for i, item in enumerate(val)], collate, report)
+    return StageData(Indexed(train, data.seed), [(val[i], i) for i in range(len(val))], collate, report)
 
 
 def initial_model(config: TrainConfig) -> Transformer:
     """The whole model with its initial weights, on CPU: init.weights' (under the resolved config, e.g.
-    with YaRN switched on), or a seeded random init."""
+    with YaRN switched on, its vocabulary grown for added tokens), or a seeded random init."""
     if config.init.weights:
-        return model_from_state_dict(config.model, load_model(config.init.weights).state_dict())
+        state = grow_vocab(load_model(config.init.weights).state_dict(), config.model.vocab_size)
+        return model_from_state_dict(config.model, state)
     torch.manual_seed(config.trainer.seed)
     return Transformer(config.model)
 

@@ -42,7 +42,7 @@ class Trainer:
         self.dims = ParallelDims.build(config.parallel, self.world, config.model)
         set_collective_timeout(config.parallel)  # every group exists now: parallel.timeout_s on each
         self.run_dir = config.run_dir
-        self.data = stages.stage_data(self.stage, config)
+        self.data = stages.stage_data(self.stage, config, builder=self.world.is_main)
         self.say(f"data: {self.data.report}")
         self.plan = batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, self.dims.dp_size)
         self.model = self.build_model()
@@ -78,8 +78,9 @@ class Trainer:
     def build_model(self) -> torch.nn.Module:
         """Build on the meta device, shard, allocate, then fill in the weights: each rank reads its own shard of
         init.weights, or rank 0 broadcasts its seeded random init. With expert parallelism every rank builds
-        the full model (its ep group's ranks keep different experts, cut out by parallelize)."""
-        if self.dims.ep > 1:
+        the full model (its ep group's ranks keep different experts, cut out by parallelize), and so it does when
+        a chat template's tokens grow the vocabulary of init.weights (train/stages.py)."""
+        if self.dims.ep > 1 or stages.grows_vocab(self.config):  # whole on every rank: experts cut out, or rows added
             return parallelize(stages.initial_model(self.config), self.config.parallel, self.dims).to(self.world.device)
         with torch.device("meta"):
             model = Transformer(self.config.model)

@@ -1,107 +1,36 @@
-"""Preference pairs for DPO: a prompt, a chosen and a rejected response, tokenized and collated into batches.
+"""Preference pairs for DPO: rows -> pairs (data/chat/formats.py: explicit or implicit prompt, HH-RLHF) ->
+tokens (data/chat/chat_format.py), cached (data/chat/cache.py), collated into batches.
 
-Rows (read by data/chat/rows.py, like SFT rows) come in three shapes, detected per row:
-
-    {"prompt": [messages] or str, "chosen": [assistant message(s)] or str, "rejected": ...}   explicit prompt
-    {"chosen": [messages], "rejected": [messages]}      whole conversations; the common leading messages are the prompt
-    {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}   HH-RLHF dialogues; the common text up to
-                                                        the last "\\n\\nAssistant:" is the prompt (as in Rafailov et al. 2023)
-
-Skipped and counted: identical chosen and rejected, an empty response, no common prompt, a prompt that
-leaves no room for a response within `max_length` tokens (plus the row-level reasons of SFT). Responses
-that do not fit are cut at the end. Labels are only on the response tokens (content + <|end_of_turn|>).
+Skipped and counted: identical chosen and rejected, an empty response, no common prompt, a pair the chat
+format refuses, a prompt that leaves no room for a response within `max_length` tokens (plus the row-level
+reasons of SFT). Responses that do not fit are cut at the end. Labels are only on the response tokens.
 """
 
-import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from data.chat import stdlib
-from data.chat.rows import BadRow, ChatSource, Skipped, check_messages, hh_messages, read_valid
-from data.chat.template import IGNORE, Message, encode_conversation
+from data.chat.cache import cache_folder, load_or_build, source_stamp
+from data.chat.chat_format import ChatFormat, as_chat_format
+from data.chat.formats import PreferencePair, formats_of, parse_row
+from data.chat.rows import ChatSource, Skipped, read_valid
+from data.chat.template import IGNORE
+from data.chat.workers import encode_many
 from data.errors import DataError
 from data.split import split_held_out
-
-HH_ASSISTANT = "\n\nAssistant:"
-
-
-@dataclass
-class PreferencePair:
-    prompt: List[Message]  # ends with a user turn
-    chosen: str  # the preferred assistant reply
-    rejected: str
-    where: str
-
-
-def reply_of(messages: object) -> str:
-    """The text of a response given as a string or as a list holding one assistant message."""
-    if isinstance(messages, str):
-        return messages
-    if isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict) \
-            and messages[0].get("role") == "assistant" and isinstance(messages[0].get("content"), str):
-        return messages[0]["content"]
-    raise BadRow("malformed response")
-
-
-def split_dialogues(chosen: str, rejected: str) -> Tuple[List[Message], str, str]:
-    """HH-RLHF: the shared text up to its last "\\n\\nAssistant:" is the prompt; the rest are the responses."""
-    common = os.path.commonprefix([chosen, rejected])
-    cut = common.rfind(HH_ASSISTANT)
-    if cut < 0:
-        raise BadRow("no common prompt")
-    prompt = hh_messages(common[:cut])
-    chosen_reply, rejected_reply = chosen[cut + len(HH_ASSISTANT):], rejected[cut + len(HH_ASSISTANT):]
-    if "\n\nHuman:" in chosen_reply or "\n\nHuman:" in rejected_reply:
-        raise BadRow("no common prompt")  # they part before the last turn: not one prompt with two replies
-    return prompt, chosen_reply.strip(), rejected_reply.strip()
-
-
-def split_conversations(chosen: list, rejected: list) -> Tuple[List[Message], str, str]:
-    """Message lists: the common leading messages are the prompt; each must end in one assistant reply."""
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
-    if shared == 0:
-        raise BadRow("no common prompt")
-    return chosen[:shared], reply_of(chosen[shared:]), reply_of(rejected[shared:])
-
-
-def row_pair(row: object, where: str) -> PreferencePair:
-    if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
-        raise BadRow("unrecognised row")
-    chosen, rejected = row["chosen"], row["rejected"]
-    if "prompt" in row:
-        prompt = row["prompt"]
-        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        chosen, rejected = reply_of(chosen), reply_of(rejected)
-    elif isinstance(chosen, str) and isinstance(rejected, str):
-        prompt, chosen, rejected = split_dialogues(chosen, rejected)
-    elif isinstance(chosen, list) and isinstance(rejected, list):
-        prompt, chosen, rejected = split_conversations(chosen, rejected)
-    else:
-        raise BadRow("unrecognised row")
-    return PreferencePair(prompt, chosen, rejected, where)
-
-
-def checked(pair: PreferencePair) -> PreferencePair:
-    if not pair.chosen.strip() or not pair.rejected.strip():
-        raise BadRow("empty response")
-    if pair.chosen.strip() == pair.rejected.strip():
-        raise BadRow("identical chosen and rejected")
-    if not isinstance(pair.prompt, list) or not pair.prompt or pair.prompt[-1].get("role") != "user":
-        raise BadRow("no common prompt")  # a reply needs a user turn to answer
-    prompt = check_messages(pair.prompt + [{"role": "assistant", "content": pair.chosen}])[:-1]
-    return PreferencePair(prompt, pair.chosen, pair.rejected, pair.where)
 
 
 def read_pairs(source: ChatSource, skipped: Skipped) -> Iterator[PreferencePair]:
     """The valid pairs of a source, in order; bad rows are counted into `skipped`."""
+    formats = formats_of("dpo", source.format)
     if source.kind == "stdlib":
         return iter([PreferencePair(*pair) for pair in stdlib.preference_pairs()])
-    return read_valid(source, skipped, lambda row, where: checked(row_pair(row, where)))
+    return read_valid(source, skipped, lambda row, where: parse_row(row, where, formats))
 
 
 # --- tokens -----------------------------------------------------------------------------------------
@@ -116,17 +45,38 @@ class EncodedPair:
     where: str
 
 
-def encode_pair(tokenizer: Tokenizer, pair: PreferencePair, max_length: int, skipped: Skipped) -> Optional[EncodedPair]:
+def encode_sides(chat: ChatFormat, pair: PreferencePair) -> Tuple:
+    """(chosen ids, chosen labels, rejected ids, rejected labels), uncut."""
+    reply = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    (chosen, chosen_labels), (rejected, rejected_labels) = chat.encode_pair(pair.prompt, reply(pair.chosen),
+                                                                            reply(pair.rejected), pair.tools)
+    return chosen, chosen_labels, rejected, rejected_labels
+
+
+def fitted_pair(sides: Tuple, max_length: int, where: str, skipped: Skipped) -> Optional[EncodedPair]:
     """Both sides cut to `max_length` tokens; None (counted) when the prompt leaves no response token."""
-    sides = []
-    for reply in (pair.chosen, pair.rejected):
-        messages = pair.prompt + [{"role": "assistant", "content": reply}]
-        ids, labels = encode_conversation(tokenizer, messages, max_tokens=max_length, last_turn_only=True)
-        if all(label == IGNORE for label in labels):
-            skipped.add("prompt longer than max_length", pair.where)
-            return None
-        sides += [ids, labels]
-    return EncodedPair(*sides, pair.where)
+    cut = [side[:max_length] for side in sides]
+    if all(label == IGNORE for label in cut[1]) or all(label == IGNORE for label in cut[3]):
+        skipped.add("prompt longer than max_length", where)
+        return None
+    return EncodedPair(*cut, where)
+
+
+def encode_pair(tokenizer: Union[ChatFormat, Tokenizer], pair: PreferencePair, max_length: int, skipped: Skipped
+                ) -> Optional[EncodedPair]:
+    """One pair tokenized and cut to `max_length`; None (counted) when the prompt leaves no response token."""
+    return fitted_pair(encode_sides(as_chat_format(tokenizer), pair), max_length, pair.where, skipped)
+
+
+def encode_pairs(chat: ChatFormat, pairs: Sequence[PreferencePair], max_length: int, skipped: Skipped,
+                 workers: int) -> List[EncodedPair]:
+    encoded = []
+    for pair, result in zip(pairs, encode_many(chat, encode_sides, pairs, workers)):
+        if isinstance(result, str):
+            skipped.add(result, pair.where)
+        elif (fitted := fitted_pair(result, max_length, pair.where, skipped)) is not None:
+            encoded.append(fitted)
+    return encoded
 
 
 @dataclass
@@ -154,16 +104,76 @@ def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int, multiple_of: int = 
     )
 
 
-def load_pairs(source: ChatSource, tokenizer: Tokenizer, max_length: int, val_fraction: float = 0.05
-               ) -> Tuple[List[EncodedPair], List[EncodedPair], Skipped]:
-    """(train pairs, held-out pairs, skipped): the DPO entry point. The held-out rule is SFT's (by pair ordinal)."""
+class PairArrays(Sequence):
+    """Encoded pairs as flat int32 arrays of ids and labels with the sequences' offsets (the cache's layout):
+    sequence 2i is pair i's chosen side, 2i + 1 its rejected side."""
+
+    def __init__(self, ids: np.ndarray, labels: np.ndarray, offsets: np.ndarray):
+        self.ids, self.labels, self.offsets = ids, labels, offsets
+
+    @classmethod
+    def of(cls, pairs: Sequence[EncodedPair]) -> "PairArrays":
+        ids = [side for p in pairs for side in (p.chosen_ids, p.rejected_ids)]
+        labels = [side for p in pairs for side in (p.chosen_labels, p.rejected_labels)]
+        offsets = np.concatenate([[0], np.cumsum([len(side) for side in ids], dtype=np.int64)])
+        flat = lambda rows: np.fromiter((t for row in rows for t in row), dtype=np.int32, count=int(offsets[-1]))  # noqa: E731
+        return cls(flat(ids), flat(labels), offsets)
+
+    @classmethod
+    def load(cls, folder: Path, part: str) -> "PairArrays":
+        return cls(*(np.load(folder / f"{part}_{name}.npy", mmap_mode="r") for name in ("ids", "labels", "offsets")))
+
+    def save(self, folder: Path, part: str) -> None:
+        for name in ("ids", "labels", "offsets"):
+            np.save(folder / f"{part}_{name}.npy", getattr(self, name))
+
+    def __len__(self) -> int:
+        return (len(self.offsets) - 1) // 2
+
+    def __getitem__(self, index: int) -> EncodedPair:
+        (a, b, c) = self.offsets[2 * index : 2 * index + 3]
+        return EncodedPair(self.ids[a:b].tolist(), self.labels[a:b].tolist(), self.ids[b:c].tolist(),
+                           self.labels[b:c].tolist(), f"pair {index}")
+
+
+@dataclass
+class PairData:
+    train: Sequence[EncodedPair]
+    val: Sequence[EncodedPair]
+    skipped: Skipped
+    pairs: int  # valid pairs read, before the split
+    cache: Optional[Path] = None  # the tokenized cache folder, when one is used
+    reused: bool = False  # the cache was there already: nothing was tokenized
+
+
+def build_pairs(source: ChatSource, chat: ChatFormat, max_length: int, val_fraction: float, workers: int) -> PairData:
     skipped = Skipped()
     pairs = list(read_pairs(source, skipped))
     if not pairs:
         raise DataError(f"kind={source.kind} paths={list(source.paths)} name={source.name}: no usable preference pair"
                         f"{' (' + skipped.report() + ')' if skipped.counts else ''}; rows need chosen and rejected")
-    train, val = (
-        [e for e in (encode_pair(tokenizer, p, max_length, skipped) for p in part) if e is not None]
-        for part in split_held_out(pairs, val_fraction)
-    )
-    return train, val, skipped
+    train, val = (encode_pairs(chat, part, max_length, skipped, workers) for part in split_held_out(pairs, val_fraction))
+    return PairData(train, val, skipped, len(pairs))
+
+
+def load_pairs(source: ChatSource, tokenizer: Union[ChatFormat, Tokenizer], max_length: int, val_fraction: float = 0.05,
+               cache: Optional[Path] = None, builder: bool = True, workers: int = 0, wait_s: float = 3600.0
+               ) -> PairData:
+    """The DPO entry point: train and held-out pairs, and what was skipped. The held-out rule is SFT's (by pair ordinal).
+    With a `cache` root the pairs come from its tokenized cache, as for SFT (data/chat/sft.py's load_sft)."""
+    chat = as_chat_format(tokenizer)
+    if cache is None:
+        return build_pairs(source, chat, max_length, val_fraction, workers)
+    folder = cache_folder(cache, "dpo", {"source": source_stamp(source), "chat": chat.fingerprint,
+                                         "max_length": max_length, "val_fraction": val_fraction})
+
+    def build(tmp: Path) -> dict:
+        data = build_pairs(source, chat, max_length, val_fraction, workers)
+        PairArrays.of(data.train).save(tmp, "train")
+        PairArrays.of(data.val).save(tmp, "val")
+        return {"pairs": data.pairs, "train": len(data.train), "val": len(data.val), "skipped": data.skipped.counts,
+                "examples": data.skipped.examples}
+
+    meta, reused = load_or_build(folder, builder, build, wait_s)
+    return PairData(PairArrays.load(folder, "train"), PairArrays.load(folder, "val"),
+                    Skipped(meta["skipped"], meta["examples"]), meta["pairs"], folder, reused)

@@ -18,6 +18,7 @@ from data.sources import data_suffix, open_text, resolve_local_paths
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+MESSAGE_ROLES = ROLES + ("tool",)  # tool turns need a chat template that renders them (data/chat/chat_format.py)
 T = TypeVar("T")
 
 
@@ -27,7 +28,8 @@ class ChatSource:
 
     kind: str = "stdlib"  # stdlib | local | hf
     paths: List[str] = field(default_factory=list)  # local: files, globs, directories of .json/.jsonl/.parquet (.gz)
-    format: str = "auto"  # SFT: auto (per row) | messages | prompt_completion | alpaca | hh
+    # auto (per row) | SFT: messages | text | prompt_completion | alpaca | hh; DPO: explicit | implicit | hh
+    format: str = "auto"
     name: Optional[str] = None  # hf: a hub id, a local dataset folder, or json/parquet with data_files
     config_name: Optional[str] = None
     data_files: List[str] = field(default_factory=list)
@@ -135,13 +137,17 @@ def hh_messages(dialogue: str) -> List[Message]:
 
 
 def check_messages(messages: object) -> List[Message]:
-    """Raise BadRow unless `messages` is a list of {role, content} with text, no empty one, and an assistant turn."""
-    if not isinstance(messages, list) or not all(
-        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
-    ):
+    """Raise BadRow unless `messages` is a list of {role, content} with text (or an assistant's tool_calls), no
+    empty one, and an assistant turn. Keys whose value is None are dropped (a column a row does not fill), the
+    others kept for a chat template (tool_calls, tool_call_id, name)."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise BadRow("malformed message")
-    if any(not m["content"].strip() for m in messages):
+    messages = [{key: value for key, value in m.items() if value is not None} for m in messages]
+    if not all(m.get("role") in MESSAGE_ROLES and isinstance(m.get("content", ""), str) and
+               ("content" in m or m.get("tool_calls")) for m in messages):
+        raise BadRow("malformed message")
+    if any(not m.get("content", "").strip() and not m.get("tool_calls") for m in messages):
         raise BadRow("empty message")
     if not any(m["role"] == "assistant" for m in messages):
         raise BadRow("no assistant turn")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return messages

@@ -1,84 +1,38 @@
-"""SFT conversations: rows in the common formats -> chat messages -> packed training windows.
+"""SFT conversations: rows -> conversations (data/chat/formats.py) -> tokens (data/chat/chat_format.py) -> packed
+training windows, cached (data/chat/cache.py).
 
-Each row (data/chat/rows.py) is turned into a list of chat messages, detected per row (`format=auto`)
-or forced:
-
-    messages            {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
-    prompt_completion   {"prompt": str, "completion": str}, or both lists of messages (TRL's conversational form)
-    alpaca              {"instruction": str, "input": str (may be empty), "output": str}
-    hh                  Anthropic HH-RLHF: {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ..."} (or "text")
-
-Bad rows are skipped and counted by reason: malformed JSON, an unrecognised row, a malformed or empty
-message, no assistant turn, and (once tokenized) a prompt longer than the sequence length. A
-conversation longer than a window is truncated at its end and counted. The embedded default
-(`kind: stdlib`) is data/chat/stdlib.py's questions.
+Bad rows are skipped and counted by reason: malformed JSON, a row of no format, a malformed or empty
+message, no assistant turn, a conversation the chat format refuses, and (once tokenized) a prompt longer
+than the sequence length. A conversation longer than a window is truncated at its end and counted. The
+embedded default (`kind: stdlib`) is data/chat/stdlib.py's questions.
 
 Windows are `seq_len + 1` tokens like data/reader.py's: inputs tokens[:-1], targets labels[1:].
 """
 
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from data.chat import stdlib
-from data.chat.rows import BadRow, ChatSource, Skipped, check_messages, hh_messages, read_valid
-from data.chat.template import IGNORE, Message, encode_conversation
+from data.chat.cache import cache_folder, load_or_build, source_stamp
+from data.chat.chat_format import ChatFormat, as_chat_format
+from data.chat.formats import Conversation, formats_of, parse_row
+from data.chat.rows import ChatSource, Skipped, read_valid
+from data.chat.template import IGNORE
+from data.chat.workers import encode_many
 from data.errors import DataError
 from data.split import split_held_out
-
-FORMATS = ("auto", "messages", "prompt_completion", "alpaca", "hh")
-
-
-@dataclass
-class Conversation:
-    messages: List[Message]
-    where: str  # file:line, dataset row, or stdlib name: for error reports
-
-
-def as_messages(value: object, role: str) -> List[Message]:
-    """A prompt/completion field: a string (one message of `role`) or a list of messages."""
-    return [{"role": role, "content": value}] if isinstance(value, str) else value
-
-
-def detect_format(row: dict) -> str:
-    if "messages" in row:
-        return "messages"
-    if "prompt" in row and "completion" in row:
-        return "prompt_completion"
-    if "instruction" in row and "output" in row:
-        return "alpaca"
-    if isinstance(row.get("chosen", row.get("text")), str):
-        return "hh"
-    raise BadRow("unrecognised row")
-
-
-def row_messages(row: object, format: str) -> List[Message]:
-    if not isinstance(row, dict):
-        raise BadRow("unrecognised row")
-    format = detect_format(row) if format == "auto" else format
-    try:
-        if format == "messages":
-            return row["messages"]
-        if format == "prompt_completion":
-            return as_messages(row["prompt"], "user") + as_messages(row["completion"], "assistant")
-        if format == "alpaca":
-            extra = row.get("input") or ""
-            instruction = row["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
-            return [{"role": "user", "content": instruction}, {"role": "assistant", "content": row["output"]}]
-        return hh_messages(row["chosen"] if "chosen" in row else row["text"])
-    except (KeyError, TypeError):
-        raise BadRow("unrecognised row") from None
 
 
 def read_conversations(source: ChatSource, skipped: Skipped) -> Iterator[Conversation]:
     """The valid conversations of a source, in order; bad rows are counted into `skipped`."""
-    if source.format not in FORMATS:
-        raise DataError(f"format={source.format!r} is unknown; use one of: {', '.join(FORMATS)}")
+    formats = formats_of("sft", source.format)
     if source.kind == "stdlib":
         return iter([Conversation(messages, where) for messages, where in stdlib.conversations()])
-    return read_valid(source, skipped, lambda row, where: Conversation(check_messages(row_messages(row, source.format)), where))
+    return read_valid(source, skipped, lambda row, where: parse_row(row, where, formats))
 
 
 # --- tokens -> windows ------------------------------------------------------------------------------
@@ -98,8 +52,26 @@ class SFTWindow:
     doc_ids: np.ndarray  # [seq_len + 1] int32: each token's conversation inside the window from 0; padding gets the next id
 
 
-def encode_all(tokenizer: Tokenizer, conversations: Sequence[Conversation]) -> List[Encoded]:
-    return [Encoded(*encode_conversation(tokenizer, c.messages), c.where) for c in conversations]
+def encode_one(chat: ChatFormat, conversation: Conversation) -> Encoded:
+    if conversation.text is not None:
+        ids = chat.encode_text(conversation.text)
+        return Encoded(ids, list(ids), conversation.where)
+    return Encoded(*chat.encode(conversation.messages, conversation.tools, conversation.train_from), conversation.where)
+
+
+def encode_all(chat: Union[ChatFormat, Tokenizer], conversations: Sequence[Conversation],
+               skipped: Optional[Skipped] = None, workers: int = 0) -> List[Encoded]:
+    """The conversations tokenized (in `workers` processes for large sets); those the chat format refuses are
+    counted into `skipped`."""
+    encoded = []
+    for conversation, result in zip(conversations, encode_many(as_chat_format(chat), encode_one, conversations, workers)):
+        if isinstance(result, str):
+            if skipped is None:
+                raise DataError(f"{conversation.where}: {result}")
+            skipped.add(result, conversation.where)
+        else:
+            encoded.append(result)
+    return encoded
 
 
 def fitted(examples: Sequence[Encoded], seq_len: int, skipped: Skipped) -> Iterator[Encoded]:
@@ -147,17 +119,48 @@ def pad_sft(examples: Sequence[Encoded], seq_len: int, pad_id: int, skipped: Ski
     return [window([example], seq_len, pad_id) for example in fitted(examples, seq_len, skipped)]
 
 
+class SFTWindows(Sequence):
+    """Windows as three [N, seq_len + 1] int32 arrays (memory-mapped from the cache), read as SFTWindows."""
+
+    def __init__(self, tokens: np.ndarray, labels: np.ndarray, doc_ids: np.ndarray):
+        self.tokens, self.labels, self.doc_ids = tokens, labels, doc_ids
+
+    @classmethod
+    def of(cls, windows: List[SFTWindow], seq_len: int) -> "SFTWindows":
+        def stack(name: str) -> np.ndarray:
+            rows = [getattr(w, name) for w in windows]
+            return np.stack(rows).astype(np.int32) if rows else np.zeros((0, seq_len + 1), dtype=np.int32)
+        return cls(stack("tokens"), stack("labels"), stack("doc_ids"))
+
+    @classmethod
+    def load(cls, folder: Path, part: str) -> "SFTWindows":
+        return cls(*(np.load(folder / f"{part}_{name}.npy", mmap_mode="r") for name in ("tokens", "labels", "doc_ids")))
+
+    def save(self, folder: Path, part: str) -> None:
+        for name in ("tokens", "labels", "doc_ids"):
+            np.save(folder / f"{part}_{name}.npy", getattr(self, name))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index: int) -> SFTWindow:
+        return SFTWindow(self.tokens[index].astype(np.int64), self.labels[index].astype(np.int64),
+                         np.array(self.doc_ids[index], dtype=np.int32))
+
+
 @dataclass
 class SFTData:
-    train: List[SFTWindow]
-    val: List[SFTWindow]
+    train: Sequence[SFTWindow]
+    val: Sequence[SFTWindow]
     skipped: Skipped
     conversations: int  # valid conversations read, before the split
+    cache: Optional[Path] = None  # the tokenized cache folder, when one is used
+    reused: bool = False  # the cache was there already: nothing was tokenized
 
 
-def load_sft(source: ChatSource, tokenizer: Tokenizer, seq_len: int, pad_id: int, pack: bool = True,
-             val_fraction: float = 0.05) -> SFTData:
-    """Read, split (by conversation, before packing), encode and window a source: the SFT entry point."""
+def build_sft(source: ChatSource, chat: ChatFormat, seq_len: int, pad_id: int, pack: bool, val_fraction: float,
+              workers: int) -> SFTData:
+    """Read, split (by conversation, before packing), encode and window a source."""
     skipped = Skipped()
     conversations = list(read_conversations(source, skipped))
     if not conversations:
@@ -165,5 +168,28 @@ def load_sft(source: ChatSource, tokenizer: Tokenizer, seq_len: int, pad_id: int
                         f"{' (' + skipped.report() + ')' if skipped.counts else ''}; check the format option")
     train, val = split_held_out(conversations, val_fraction)
     make = pack_sft if pack else pad_sft
-    return SFTData(make(encode_all(tokenizer, train), seq_len, pad_id, skipped),
-                   make(encode_all(tokenizer, val), seq_len, pad_id, skipped), skipped, len(conversations))
+    windows = [make(encode_all(chat, part, skipped, workers), seq_len, pad_id, skipped) for part in (train, val)]
+    return SFTData(*windows, skipped, len(conversations))
+
+
+def load_sft(source: ChatSource, tokenizer: Union[ChatFormat, Tokenizer], seq_len: int, pad_id: int, pack: bool = True,
+             val_fraction: float = 0.05, cache: Optional[Path] = None, builder: bool = True, workers: int = 0,
+             wait_s: float = 3600.0) -> SFTData:
+    """The SFT entry point: the windows of a source, built (`build_sft`) or, with a `cache` root, read from
+    its tokenized cache, which the `builder` writes first if it is not there (the others wait `wait_s`)."""
+    chat = as_chat_format(tokenizer)
+    if cache is None:
+        return build_sft(source, chat, seq_len, pad_id, pack, val_fraction, workers)
+    folder = cache_folder(cache, "sft", {"source": source_stamp(source), "chat": chat.fingerprint, "seq_len": seq_len,
+                                         "pad_id": pad_id, "pack": pack, "val_fraction": val_fraction})
+
+    def build(tmp: Path) -> dict:
+        data = build_sft(source, chat, seq_len, pad_id, pack, val_fraction, workers)
+        for part, windows in (("train", data.train), ("val", data.val)):
+            SFTWindows.of(windows, seq_len).save(tmp, part)
+        return {"conversations": data.conversations, "train": len(data.train), "val": len(data.val),
+                "skipped": data.skipped.counts, "examples": data.skipped.examples}
+
+    meta, reused = load_or_build(folder, builder, build, wait_s)
+    return SFTData(SFTWindows.load(folder, "train"), SFTWindows.load(folder, "val"),
+                   Skipped(meta["skipped"], meta["examples"]), meta["conversations"], folder, reused)

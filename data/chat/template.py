@@ -73,21 +73,21 @@ def check_chat_tokens(tokenizer: Tokenizer) -> None:
     missing = [t for t in CHAT_TOKENS if tokenizer.token_to_id(t) is None]
     if missing:
         raise DataError(
-            f"the tokenizer has no {', '.join(missing)} token(s), which the chat format needs; "
-            "use a tokenizer trained by `python -m data` (it reserves them)"
+            f"the tokenizer has no {', '.join(missing)} token(s), which this project's chat format needs and it "
+            "carries no chat template of its own; use a tokenizer trained by `python -m data` (it reserves them), or "
+            "set data.chat_template=own (adds them), chatml or <a .jinja file>"
         )
 
 
 def encode_conversation(
-    tokenizer: Tokenizer, messages: Sequence[Message], max_tokens: Optional[int] = None, last_turn_only: bool = False
+    tokenizer: Tokenizer, messages: Sequence[Message], max_tokens: Optional[int] = None, train_from: int = 0
 ) -> Tuple[List[int], List[int]]:
-    """(input_ids, labels): labels equal input_ids on assistant tokens (content and <|end_of_turn|>), IGNORE
-    elsewhere; with `last_turn_only` only the final assistant turn is labelled (a DPO response). Both lists
-    are aligned (not shifted) and cut at the end to `max_tokens`."""
+    """(input_ids, labels): labels equal input_ids on assistant tokens (content and <|end_of_turn|>) of the
+    messages from index `train_from` on (a prompt-completion row's completion, a DPO response), IGNORE
+    elsewhere. Both lists are aligned (not shifted) and cut at the end to `max_tokens`."""
     check_chat_tokens(tokenizer)
     text, spans = render(messages)
-    if last_turn_only:
-        spans = spans[-1:]
+    spans = spans[sum(m["role"] == "assistant" for m in messages[:train_from]):]
     encoding = tokenizer.encode(text, add_special_tokens=False)
     input_ids, labels = encoding.ids, [IGNORE] * len(encoding.ids)
     # A token belongs to an assistant turn when its characters overlap the turn's span: the rule of

@@ -1,7 +1,9 @@
-"""SFT and DPO through the trainer: they resume after a killed rank like pre-training, and bad rows are
-reported with their counts (2 gloo ranks, the tiny Llama, a few steps)."""
+"""SFT and DPO through the trainer: they resume after a killed rank like pre-training, bad rows are reported with
+their counts (2 gloo ranks, the tiny Llama, a few steps), and a Hugging Face folder with its own chat template
+post-trains by overrides only, with TRL's masks and a tokenized cache that a restart reuses."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,10 +11,14 @@ import torch
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
-from data.chat.preferences import load_pairs
+from data.chat.chat_format import chat_format
+from data.chat.preferences import PairArrays, load_pairs
 from data.chat.rows import ChatSource
+from data.chat.sft import SFTWindows
 from data.chat.template import IGNORE
+from data.split import split_held_out
 from train.model import load_model
+from tests.chat_helpers import save_hf_tokenizer, template, trl_dpo, trl_sft
 from tests.train_helpers import losses, metrics, run_training
 from tests.shared_data import SHARED_DATA as SHARED
 
@@ -57,7 +63,7 @@ def held_out_rewards(policy_dir, reference_dir, run_dir) -> dict:
     trainer.val_samples held-out pairs, rewards beta * (log pi - log pi_ref) of each response."""
     config = OmegaConf.load(run_dir / "config.yaml")
     tokenizer = Tokenizer.from_file(str(Path(reference_dir) / "tokenizer.json"))
-    _, held_out, _ = load_pairs(ChatSource(), tokenizer, config.data.seq_len, config.data.chat_val_fraction)
+    held_out = load_pairs(ChatSource(), tokenizer, config.data.seq_len, config.data.chat_val_fraction).val
     policy, reference = load_model(policy_dir).eval(), load_model(reference_dir).eval()
     margins = []
     for pair in held_out[: config.trainer.val_samples]:
@@ -92,3 +98,141 @@ def test_real_public_formats_by_overrides_only(prepared_data, start_model, tmp_p
     report = [line for line in result.stdout.splitlines() if line.startswith("data:")][0]
     assert ("4,998 conversations" in report) if stage == "sft" else ("preference pairs" in report)
     assert sorted(losses(tmp_path / stage)) == [1, 2]
+
+
+# --- a Hugging Face folder with its own chat template ----------------------------------------------------------
+
+
+def data_report(result) -> str:
+    return next(line for line in result.stdout.splitlines() if line.startswith("data:"))
+
+
+def cache_of(report: str) -> Path:
+    return Path(re.search(r"(?:tokenized into|reused) (\S+?)(?:;|$)", report).group(1))
+
+
+def hf_chat_model(folder: Path, family: str, chat_template, model: str, **tokens) -> Path:
+    """A tiny Qwen2 or Llama built from its config, saved with a tokenizer of `family` and `chat_template`."""
+    import transformers
+
+    save_hf_tokenizer(folder, family, chat_template, **tokens)
+    vocab = len(transformers.PreTrainedTokenizerFast.from_pretrained(str(folder)))
+    torch.manual_seed(0)
+    shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    if model == "qwen2":
+        transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape)).save_pretrained(folder)
+    else:
+        transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape)).save_pretrained(folder)
+    return folder
+
+
+def jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def system(text):
+    return {"role": "system", "content": text}
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+SFT_ROWS = [{"prompt": [system("Be brief."), user(f"What is {i} plus {i}?")] + ([assistant(f"{2 * i}."), user("Sure?")]
+                                                                                 if i % 3 == 0 else []),
+             "completion": [assistant(f"Yes, {2 * i}." if i % 3 == 0 else f"{2 * i}.")]} for i in range(48)]
+PAIRS = [{"chosen": [system("Be brief."), user(f"What is {i} plus {i}?"), assistant(f"{2 * i}.")],
+          "rejected": [system("Be brief."), user(f"What is {i} plus {i}?"), assistant(f"{2 * i + 1}, I think.")]}
+         for i in range(48)]
+
+
+@pytest.fixture(scope="module")
+def qwen_sft(prepared_data, tmp_path_factory):
+    """SFT of a tiny Qwen2 folder with Qwen2.5's own ChatML template, by overrides only (2 steps, checkpointed)."""
+    root = tmp_path_factory.mktemp("qwen")
+    folder = hf_chat_model(root / "hf", "qwen2_5", template("qwen2_5"), "qwen2")
+    path = jsonl(root / "sft.jsonl", SFT_ROWS)
+    args = ["stage=sft", f"init.weights={folder}", "data.chat.kind=local", f"data.chat.paths=[{path}]",
+            "checkpoint.every=2", "data.seq_len=128"]
+    return folder, root / "sft", args, run_training(root / "sft", prepared_data, *args, "trainer.max_steps=2")
+
+
+def conversations_in(windows, pad_id):
+    """The (tokens, labels) of each conversation packed into the windows, in order."""
+    found = []
+    for i in range(len(windows)):
+        w = windows[i]
+        for doc in range(int(w.doc_ids.max()) + 1):
+            tokens, labels = w.tokens[w.doc_ids == doc].tolist(), w.labels[w.doc_ids == doc].tolist()
+            if any(label != IGNORE for label in labels):
+                found.append((tokens, labels))
+    return found
+
+
+def test_sft_from_a_hugging_face_template_equals_trls_masks_and_a_restart_reuses_the_cache(prepared_data, qwen_sft,
+                                                                                          tmp_path):
+    """~35 s. The cached windows hold, conversation by conversation, TRL's completion-only tokenization of the same
+    rows (SFTTrainer's dataset preparation with the folder's tokenizer); the second start reuses the cache."""
+    folder, run, args, first = qwen_sft
+    report = data_report(first)
+    assert "tokenized into" in report and "skipped" not in report, report
+    cache = cache_of(report)
+    assert cache.parent == run / "tokenized" and (run / "tokenizer" / "tokenizer.json").is_file()
+    chat = chat_format(str(folder))
+    train_rows, _ = split_held_out(SFT_ROWS, 0.05)
+    expected = [(r["input_ids"], r["labels"]) for r in trl_sft(chat, train_rows, tmp_path, assistant_only_loss=False)]
+    assert conversations_in(SFTWindows.load(cache, "train"), chat.pad_id) == expected
+    built = (cache / "meta.json").stat().st_mtime_ns
+
+    second = run_training(run, prepared_data, *args, "trainer.max_steps=3")
+    assert data_report(second).startswith(f"data: {len(SFT_ROWS)} conversations") and f"reused {cache}" in data_report(second)
+    assert (cache / "meta.json").stat().st_mtime_ns == built and "resumed from" in second.stdout
+    assert sorted(losses(run)) == [1, 2, 3]
+
+
+def test_dpo_after_sft_keeps_the_template_and_equals_trls_tokens(prepared_data, qwen_sft, tmp_path):
+    """~30 s. DPO from the SFT run's model folder (our format, the tokenizer with its template): the cached pairs
+    are TRL's DPO tokenization of the same implicit-prompt rows."""
+    folder, sft_run, _, _ = qwen_sft
+    path = jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    result = run_training(tmp_path / "dpo", prepared_data, "stage=dpo", f"init.weights={sft_run / 'model'}",
+                          "data.chat.kind=local", f"data.chat.paths=[{path}]", "trainer.max_steps=2", "data.seq_len=128")
+    report = data_report(result)
+    assert report.startswith("data: ") and "preference pairs" in report and "skipped" not in report, report
+    chat = chat_format(str(folder))
+    train_rows, _ = split_held_out(PAIRS, 0.05)
+    pairs = PairArrays.load(cache_of(report), "train")
+    assert len(pairs) == len(train_rows)
+    for i, reference in enumerate(trl_dpo(chat, train_rows, tmp_path)):
+        prompt = reference["prompt_ids"]
+        assert pairs[i].chosen_ids == prompt + reference["chosen_ids"]
+        assert pairs[i].rejected_labels == [IGNORE] * len(prompt) + reference["rejected_ids"]
+    assert sorted(losses(tmp_path / "dpo")) == [1, 2]
+
+
+def test_an_asked_for_template_adds_tokens_and_grows_the_model_by_mean_rows(prepared_data, tmp_path):
+    """~20 s. A Llama folder whose tokenizer has no chat template, with data.chat_template=chatml: <|im_start|>
+    and <|im_end|> are added, the embedding and head grow by two rows, each the mean of the old rows (lr 0: the
+    final model is the initial one), and the run's tokenizer keeps the tokens."""
+    from safetensors.torch import load_file
+
+    folder = hf_chat_model(tmp_path / "hf", "llama3", None, "llama", tokens=["<|begin_of_text|>", "<|eot_id|>"])
+    path = jsonl(tmp_path / "sft.jsonl", [{"messages": [user(f"Say {i}."), assistant(f"{i}.")]} for i in range(20)])
+    result = run_training(tmp_path / "run", prepared_data, "stage=sft", f"init.weights={folder}",
+                          "data.chat_template=chatml", "data.chat.kind=local", f"data.chat.paths=[{path}]",
+                          "trainer.max_steps=1", "optim.lr=0", "optim.warmup_steps=0")
+    old = load_model(folder).state_dict()
+    vocab = old["embed.weight"].shape[0]
+    assert f"added <|im_start|>, <|im_end|> to the tokenizer (vocabulary {vocab + 2:,})" in data_report(result)
+    new = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    for name in ("embed.weight", "output.weight"):
+        assert new[name].shape[0] == vocab + 2
+        torch.testing.assert_close(new[name][:vocab], old[name])
+        torch.testing.assert_close(new[name][vocab:], old[name].mean(0, keepdim=True).expand(2, -1))
+    assert chat_format(str(tmp_path / "run" / "model")).vocab_size == vocab + 2

@@ -67,13 +67,15 @@ def test_each_skip_reason_is_counted(tmp_path, tokenizer):
         {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: y"},  # 4: no common prompt
         {"prompt": "word " * 300, "chosen": "yes", "rejected": "no"},  # 5: prompt too long once tokenized
         {"prompt": "q", "chosen": "fine", "rejected": "also fine"},  # 6
-        {"chosen": "only one side"},  # 7: unrecognised
+        {"chosen": "only one side"},  # 7: unrecognised: its columns, and what the near formats miss
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train, val, skipped = load_pairs(ChatSource(kind="local", paths=[str(path)]), tokenizer, max_length=64, val_fraction=0)
+    data = load_pairs(ChatSource(kind="local", paths=[str(path)]), tokenizer, max_length=64, val_fraction=0)
+    train, val, skipped = data.train, data.val, data.skipped
     assert skipped.counts == {"identical chosen and rejected": 1, "empty response": 1, "no common prompt": 2,
-                              "unrecognised row": 1, "prompt longer than max_length": 1}
+                              "unrecognised row with columns [chosen]: could be explicit (missing prompt, rejected); "
+                              "hh or implicit (missing rejected)": 1, "prompt longer than max_length": 1}
     assert skipped.examples["no common prompt"] == [f"{path}:3", f"{path}:4"]
     assert skipped.examples["prompt longer than max_length"] == [f"{path}:5"] and val == []
     assert [p.where for p in train] == [f"{path}:6"]
@@ -126,7 +128,8 @@ def test_collate_pads_both_sides_to_one_length(tokenizer, multiple_of, cap, expe
 
 def test_embedded_stdlib_pairs(tokenizer):
     started = time.perf_counter()
-    train, val, skipped = load_pairs(ChatSource(kind="stdlib"), tokenizer, max_length=256, val_fraction=0.05)
+    data = load_pairs(ChatSource(kind="stdlib"), tokenizer, max_length=256, val_fraction=0.05)
+    train, val, skipped = data.train, data.val, data.skipped
     assert time.perf_counter() - started < 5
     assert 1000 <= len(train) + len(val) + sum(skipped.counts.values()) <= 2000 and len(val) >= 50
     pairs = list(read_pairs(ChatSource(kind="stdlib"), Skipped()))
@@ -141,7 +144,8 @@ def test_real_hh_rlhf_pairs(tokenizer):
     if not path.is_file():
         pytest.skip(f"{path} is absent (real data sets are optional)")
     # offensive red-teaming text: only counts are asserted, nothing is printed
-    train, val, skipped = load_pairs(ChatSource(kind="local", paths=[str(path)]), tokenizer, max_length=512)
+    data = load_pairs(ChatSource(kind="local", paths=[str(path)]), tokenizer, max_length=512)
+    train, val, skipped = data.train, data.val, data.skipped
     assert len(train) + len(val) + sum(skipped.counts.values()) == 2312
     assert set(skipped.counts) <= {"empty response", "identical chosen and rejected", "no common prompt",
                                    "prompt longer than max_length"}

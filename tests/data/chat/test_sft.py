@@ -63,10 +63,13 @@ def test_every_format_becomes_messages(tmp_path):
     got = list(read_conversations(ChatSource(kind="local", paths=[str(path)]), skipped))
     assert [c.messages for c in got] == expected and not skipped.counts
     assert [c.where for c in got][:2] == [f"{path}:1", f"{path}:2"]
-    # a forced format reads only its rows; the others are counted as unrecognised
+    # a forced format reads only its rows
     forced = Skipped()
     alpaca = list(read_conversations(ChatSource(kind="local", paths=[str(path)], format="alpaca"), forced))
-    assert [c.messages for c in alpaca] == expected[3:5] and forced.counts == {"unrecognised row": 4}
+    assert [c.messages for c in alpaca] == expected[3:5]
+    # the others are counted under their columns
+    assert forced.counts == {f"unrecognised row with columns [{columns}]: no format reads them (alpaca)": n
+                             for columns, n in (("messages", 1), ("completion, prompt", 2), ("chosen, rejected", 1))}
     # the same file as a JSON list, gzipped, through a glob; and through datasets' json builder
     listed = tmp_path / "list" / "rows.json.gz"
     listed.parent.mkdir()
@@ -82,7 +85,7 @@ def test_bad_rows_are_skipped_and_counted_with_locations(tmp_path, tokenizer):
         {"messages": [user("no answer")]},  # 1: no assistant turn
         {"messages": [user("q"), assistant("  ")]},  # 2: empty message
         "{not json",  # 3
-        {"text": "plain pretraining text"},  # 4: detected as HH (a text field), but no dialogue
+        {"text": "\n\nHuman: only a human turn"},  # 4: detected as HH (a text field with a dialogue), but no reply
         {"messages": [{"role": "robot", "content": "beep"}, assistant("a")]},  # 5: malformed message
         {"prompt": "fine", "completion": "row"},  # 6
         {"weird": 1},  # 7
@@ -94,10 +97,11 @@ def test_bad_rows_are_skipped_and_counted_with_locations(tmp_path, tokenizer):
     skipped = Skipped()
     conversations = list(read_conversations(ChatSource(kind="local", paths=[str(path)]), skipped))
     assert [c.where for c in conversations] == [f"{path}:{n}" for n in (6, 8, 9)]
-    assert skipped.counts == {"no assistant turn": 1, "empty message": 2, "malformed JSON": 1,
-                              "not an HH-RLHF dialogue": 1, "unrecognised row": 1, "malformed message": 1}
+    assert skipped.counts == {"no assistant turn": 2, "empty message": 2, "malformed JSON": 1,
+                              "unrecognised row with columns [weird]: no format reads them "
+                              "(messages, prompt_completion, alpaca, hh, text)": 1, "malformed message": 1}
     assert skipped.examples["empty message"] == [f"{path}:2", f"{path}:10"]
-    assert skipped.examples["malformed JSON"] == [f"{path}:3"] and skipped.examples["unrecognised row"] == [f"{path}:7"]
+    assert skipped.examples["malformed JSON"] == [f"{path}:3"] and skipped.examples["no assistant turn"] == [f"{path}:1", f"{path}:4"]
     windows = pack_sft(encode_all(tokenizer, conversations), 64, PAD, skipped)
     assert skipped.counts["prompt longer than seq_len"] == 1 and skipped.examples["prompt longer than seq_len"] == [f"{path}:8"]
     assert skipped.counts["truncated to seq_len (kept)"] == 1 and skipped.examples["truncated to seq_len (kept)"] == [f"{path}:9"]

@@ -75,7 +75,7 @@ def test_truncation_and_last_turn_only(saved):
     full_ids, full_labels = encode_conversation(tokenizer, MULTI_TURN)
     ids, labels = encode_conversation(tokenizer, MULTI_TURN, max_tokens=20)
     assert (ids, labels) == (full_ids[:20], full_labels[:20])
-    _, last = encode_conversation(tokenizer, MULTI_TURN, last_turn_only=True)
+    _, last = encode_conversation(tokenizer, MULTI_TURN, train_from=len(MULTI_TURN) - 1)
     first_reply_end = len(encode_prompt(tokenizer, MULTI_TURN[:4]))
     assert all(label == IGNORE for label in last[:first_reply_end])
     assert last[first_reply_end:] == full_labels[first_reply_end:]
