@@ -111,7 +111,8 @@ class Transformer(nn.Module):
 
     def aux_loss(self) -> torch.Tensor:
         losses = [m.aux_loss for m in self.moe_layers()]
-        return torch.stack(losses).sum() if losses else self.embed.weight.new_zeros(())
+        # a plain zero on the weights' device (the weight itself may be a parallelised DTensor)
+        return torch.stack(losses).sum() if losses else torch.zeros((), device=self.embed.weight.device)
 
     def expert_loads(self) -> list[torch.Tensor]:
         return [m.loads() for m in self.moe_layers()]
