@@ -26,6 +26,7 @@ from train.data_loader import DataStream, to_device, validation_batches
 from train.model.transformer import Transformer
 from train.nonfinite import NonFiniteGuard
 from train.optim import build_optimizer, build_scheduler, register_router_bias_update
+from train.parallel.context import ShardedSequences
 from train.parallel.dims import ParallelDims
 from train.parallel.fsdp import parallelize, read_local_shards
 from train.parallel.grad_norm import clip_grad_norm
@@ -48,6 +49,8 @@ class Trainer:
         self.model = self.build_model()
         reference = self.build_model().eval().requires_grad_(False) if self.stage.reference else None
         self.objective = stages.objective(self.stage, config, reference)
+        if self.dims.cp > 1:  # each rank's zig-zag chunks of every batch (train/parallel/context.py)
+            self.objective = ShardedSequences(self.objective, self.model.sequence_split)
         self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.max_steps)
         self.progress = Progress()

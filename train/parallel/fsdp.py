@@ -21,6 +21,7 @@ from torch.distributed.tensor._utils import compute_local_shape_and_global_offse
 from train.config import ParallelConfig
 from train.model.load import read_weights
 from train.model.moe.layer import MoE
+from train.parallel.context import ZigZagSplit
 from train.parallel.dims import ParallelDims
 from train.parallel.expert import apply_expert_parallel, shard_experts
 from train.parallel.tensor import apply_tensor_parallel
@@ -57,6 +58,8 @@ def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) ->
         apply_expert_parallel(model, dims)
     if dims.tp > 1:
         apply_tensor_parallel(model, dims.tp_mesh)
+    if dims.cp > 1:  # each window split over the cp ranks (train/parallel/context.py)
+        model.sequence_split = ZigZagSplit(dims.cp_mesh.get_group())
     apply_activation_checkpointing(model, config.activation_checkpointing)
     if config.compile:
         for index, block in enumerate(model.layers):
