@@ -40,7 +40,7 @@ class Trainer:
         self.stage = stages.stage_of(config)  # resolves config.model from init.weights
         set_determinism(config.trainer.deterministic)  # before any CUDA work
         self.world: World = init_world(config.parallel)
-        self.dims = ParallelDims.build(config.parallel, self.world, config.model, config.data.seq_len)
+        self.dims = ParallelDims.build(config.parallel, self.world, config.model, config.data.seq_len, config.stage)
         set_collective_timeout(config.parallel)  # every group exists now: parallel.timeout_s on each
         self.run_dir = config.run_dir
         self.data = stages.stage_data(self.stage, config)

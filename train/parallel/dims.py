@@ -19,7 +19,7 @@ are spread over the `ep` ranks of a group (all-to-all dispatch), and the `edp` r
 experts shard them with FSDP. DeepSpeed's expert-parallel groups are the same ranks (checked), so its
 MoE utilities can be used beside ours. EP composes with dp and cp, not (yet) with tp.
 
-    dims = ParallelDims.build(config.parallel, world, config.model, config.data.seq_len)
+    dims = ParallelDims.build(config.parallel, world, config.model, config.data.seq_len, config.stage)
     dims.dp_mesh          the FSDP mesh of the dense parameters (1-D dp_shard_cp, or 2-D for HSDP)
     dims.dp_rank          this rank's index among the data-parallel ranks (which samples it reads)
     dims.tp_mesh, dims.cp_mesh   the tensor- and context-parallel meshes (size 1 when off)
@@ -70,9 +70,10 @@ class ParallelDims:
         return dims
 
     @classmethod
-    def build(cls, config: ParallelConfig, world: World, model: ModelConfig, seq_len: Optional[int] = None) -> "ParallelDims":
+    def build(cls, config: ParallelConfig, world: World, model: ModelConfig, seq_len: Optional[int] = None,
+              stage: str = "pretrain") -> "ParallelDims":
         dims = cls.resolve(config, world.size, world.device.type)
-        dims.check_model(model, seq_len)
+        dims.check_model(model, seq_len, stage)
         dims.create()
         return dims
 
@@ -98,7 +99,8 @@ class ParallelDims:
 
     def validate(self) -> None:
         """Every size must divide out; the message names the keys and numbers."""
-        sizes = f"parallel.dp_replicate={self.dp_replicate} x dp_shard={self.dp_shard} x cp={self.cp} x tp={self.tp}"
+        named = {"dp_replicate": self.dp_replicate, "dp_shard": self.dp_shard, "cp": self.cp, "tp": self.tp}
+        sizes = " x ".join(f"parallel.{k}={v}" for k, v in named.items() if v > 1 or k.startswith("dp"))
         if self.dp_shard < 1 or self.dp_replicate * self.dp_shard * self.cp * self.tp != self.world_size:
             raise ValueError(f"{sizes} != world size {self.world_size}; the product must equal the number of "
                              "processes (dp_shard=-1 takes the ranks left)")
@@ -106,11 +108,15 @@ class ParallelDims:
             raise ValueError(f"parallel.ep={self.ep} with parallel.tp={self.tp}: expert parallelism composes with the "
                              "data and context ranks only; use tp=1 (experts replicated within TP need ep=1)")
         if self.ep > 1 and self.grad_divisor % self.ep:
-            raise ValueError(f"parallel.ep={self.ep} must divide the data x context ranks {self.grad_divisor} "
-                             f"(parallel.dp_replicate x dp_shard x cp)")
+            raise ValueError(f"parallel.ep={self.ep} must be >= 1 and divide the data-parallel size {self.grad_divisor} "
+                             f"(parallel.dp_replicate x parallel.dp_shard x parallel.cp)")
 
-    def check_model(self, model: ModelConfig, seq_len: Optional[int] = None) -> None:
-        """What the model (and the sequence length) must allow for this layout, checked before any group is made."""
+    def check_model(self, model: ModelConfig, seq_len: Optional[int] = None, stage: str = "pretrain") -> None:
+        """What the model, the sequence length and the stage must allow for this layout, checked before any
+        group is made."""
+        if stage == "dpo" and self.tp * self.cp > 1:
+            raise ValueError(f"stage=dpo with parallel.tp={self.tp}, parallel.cp={self.cp}: tensor and context "
+                             "parallelism cover the next-token stages (pretrain, midtrain, sft); use tp=cp=1 for DPO")
         if self.ep > 1:
             experts = [f.moe.num_experts for name, f in model.ffns.items() if f.kind == "moe"
                        and (name in model.layer_ffns or name == model.shortcut_moe)]
