@@ -55,7 +55,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.max_steps)
         self.progress = Progress()
         self.guard = NonFiniteGuard(config.trainer.nonfinite, config.trainer.max_skipped, self.world.device, self.say)
-        record = self.run_dir / "samples" / f"rank_{self.world.rank}.jsonl" if config.trainer.record_samples else None
+        record = (self.run_dir / "samples" / f"rank_{self.dims.dp_rank}.jsonl"
+                  if config.trainer.record_samples and self.dims.dp_leader else None)
         self.stream = DataStream(self.data, config.trainer.global_batch_size, self.plan.micro_batch,
                                  config.data.num_workers, self.dims.dp_rank, self.dims.dp_size, self.world.device,
                                  config.data.document_masking, record)

@@ -176,6 +176,11 @@ class ParallelDims:
         return self.meshes["batch"].get_local_rank()
 
     @property
+    def dp_leader(self) -> bool:
+        """True on one rank of the cp x tp ranks that read the same samples (the one that records them)."""
+        return self.tp_mesh.get_local_rank() == 0 and self.cp_mesh.get_local_rank() == 0
+
+    @property
     def tp_mesh(self) -> DeviceMesh:
         return self.meshes["tp"]
 

@@ -101,9 +101,8 @@ def block_plan(block: nn.Module) -> dict:
     return plan
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
-    """Split `model` (a Transformer, plain, real or meta weights) over `tp_mesh` in place."""
-    tied = model.output is None
+def root_plan(model: nn.Module) -> dict:
+    """The parallel styles of the Transformer's own modules (embedding, final norm, output head)."""
     plan = {
         # vocabulary-parallel lookup; the partial sums reduce-scattered onto the sequence: [B, T/tp, D]
         "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
@@ -111,9 +110,21 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
         "final_norm": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
                                          use_local_output=True),
     }
-    if not tied:  # only its weight is read (by the loss): [V/tp, D] rows, like the embedding's
+    if model.output is not None:  # only its weight is read (by the loss): [V/tp, D] rows, like the embedding's
         plan["output"] = ColwiseParallel(output_layouts=Replicate())
-    parallelize_module(model, tp_mesh, plan)
+    return plan
+
+
+def sharded_modules(model: nn.Module) -> set[str]:
+    """Names of the modules whose parameters tensor parallelism splits (the others are replicated within TP)."""
+    styles = {**root_plan(model), **{f"layers.{i}.{name}": style for i, block in enumerate(model.layers)
+                                     for name, style in block_plan(block).items()}}
+    return {name for name, style in styles.items() if isinstance(style, (ColwiseParallel, RowwiseParallel))}
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
+    """Split `model` (a Transformer, plain, real or meta weights) over `tp_mesh` in place."""
+    parallelize_module(model, tp_mesh, root_plan(model))
     tp = tp_mesh.size()
     for block in model.layers:
         parallelize_module(block, tp_mesh, block_plan(block))
