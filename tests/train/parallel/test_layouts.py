@@ -22,7 +22,13 @@ from tests.train_helpers import FAST, consumed_indices, losses, spawn
 pytestmark = pytest.mark.slow
 
 STEPS = ["trainer.max_steps=10"]
-MOE = ["model=qwen3_moe_tiny"]
+ROUTER = "model.ffns.moe.moe.router"
+# the balancing loss per sequence: per micro-batch (global_batch) it would depend on how the ranks split a batch
+MOE = ["model=qwen3_moe_tiny", f"{ROUTER}.aux_loss_kind=sequence"]
+# under CP each rank's router sees half of each sequence: balancing by the bias alone (DeepSeek-V3's
+# aux-loss-free update, from the loads summed over all ranks)
+MOE_AUX_FREE = ["model=qwen3_moe_tiny", f"{ROUTER}.aux_loss_coef=0", f"{ROUTER}.score_correction_bias=true",
+                f"{ROUTER}.bias_update_speed=0.01"]
 SAVED = ["checkpoint.every=5", "checkpoint.keep=3", "trainer.record_samples=true"]
 RESUME = "tp2-dp2"  # the run whose step-5 checkpoint the resumes start from
 # (run name, overrides, the run whose step-5 checkpoint it resumes from), per world size
@@ -31,17 +37,25 @@ RUNS = {
         ("cp2-dp2", ["parallel.cp=2"], None),
         ("tp2-cp2", ["parallel.tp=2", "parallel.cp=2"], None),
         ("moe-tp2-dp2", [*MOE, "parallel.tp=2"], None),
-        ("moe-cp2-ep2", [*MOE, "parallel.cp=2", "parallel.ep=2"], None),
+        ("moe-cp2-ep2", [*MOE_AUX_FREE, "parallel.cp=2", "parallel.ep=2"], None),
         ("resume-dp4", ["trainer.record_samples=true"], RESUME)],
-    1: [("dense", [], None), ("moe", MOE, None), ("resume-one", ["trainer.record_samples=true"], RESUME)],
+    1: [("dense", [], None), ("moe", MOE, None), ("moe-aux-free", MOE_AUX_FREE, None),
+        ("resume-one", ["trainer.record_samples=true"], RESUME)],
     2: [("tp2", ["parallel.tp=2"], None), ("cp2", ["parallel.cp=2"], None)],
 }
-REFERENCE = {name: "moe" if MOE[0] in overrides else "dense" for runs in RUNS.values() for name, overrides, _ in runs}
+# each layout's one-process run (the same settings but the parallel.* ones)
+REFERENCE = {"tp2-dp2": "dense", "cp2-dp2": "dense", "tp2-cp2": "dense", "moe-tp2-dp2": "moe",
+             "moe-cp2-ep2": "moe-aux-free", "tp2": "dense", "cp2": "dense"}
 
 
-def full(tensor):
+def full(name, tensor, dims):
+    """A parameter's whole gradient (all experts of an expert-parallel one)."""
     from torch.distributed.tensor import DTensor
 
+    from train.parallel.expert import global_experts, is_expert_parameter
+
+    if dims.ep > 1 and is_expert_parameter(name):
+        tensor = global_experts(tensor, dims)
     return (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().clone()
 
 
@@ -67,7 +81,7 @@ def layouts_worker(rank, world, port, data, out, cp_check):
 
         def first_gradients(optimizer, args, kwargs):  # after clipping, before the first step
             if not grads:
-                grads.update({n: full(p.grad) for n, p in trainer.model.named_parameters()})
+                grads.update({n: full(n, p.grad, trainer.dims) for n, p in trainer.model.named_parameters()})
 
         trainer.optimizer.register_step_pre_hook(first_gradients)
         trainer.train()
@@ -119,7 +133,7 @@ def results(prepared_data, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", [n for n, r in REFERENCE.items() if n not in ("dense", "moe") and not n.startswith("resume")])
+@pytest.mark.parametrize("name", list(REFERENCE))
 def test_layout_gives_the_losses_and_gradients_of_one_process(results, name):
     reference, layout = losses(results / REFERENCE[name]), losses(results / name)
     assert sorted(layout) == list(range(1, 11))
@@ -146,3 +160,17 @@ def test_context_parallel_attention_with_documents_and_windows_equals_the_whole_
     for rank in range(2):
         for what, error in torch.load(results / f"cp_check_{rank}.pt").items():
             assert error < 1e-5, (rank, what, error)
+
+
+def test_midtraining_runs_with_context_parallelism(prepared_data, tmp_path):
+    """`python -m train stage=midtrain ... parallel.cp=2` (torchrun, 2 ranks) from a pre-trained model folder:
+    the initial weights read shard by shard over the (dp_shard, cp) mesh, YaRN positions of whole windows."""
+    from tests.train_helpers import metrics, run_training
+
+    run_training(tmp_path / "pretrain", prepared_data, "trainer.max_steps=2")
+    midtrain = tmp_path / "midtrain"
+    result = run_training(midtrain, prepared_data, "stage=midtrain", f"init.weights={tmp_path / 'pretrain' / 'model'}",
+                          "data.seq_len=128", "trainer.max_steps=3", "parallel.cp=2", nproc=2)
+    assert "2 rank(s): cp 2" in result.stdout
+    assert sorted(losses(midtrain)) == [1, 2, 3] and all(r["loss"] < 7 for r in metrics(midtrain) if "loss" in r)
+    assert "kind: yarn" in (midtrain / "model" / "model.yaml").read_text()
