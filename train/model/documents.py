@@ -44,7 +44,9 @@ class Documents:
     @cached_property
     def key_index_L(self) -> torch.Tensor:
         """Window position of each key attention sees (`keys`)."""
-        return self.query_index_T if self.split is None else self.split.key_index(self.doc_ids_BT.shape[1], self.doc_ids_BT.device)
+        if self.split is None:
+            return self.query_index_T
+        return self.split.key_index(self.doc_ids_BT.shape[1], self.doc_ids_BT.device)
 
     @cached_property
     def key_doc_ids_BL(self) -> torch.Tensor:

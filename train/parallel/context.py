@@ -9,10 +9,10 @@ Causal load balance (zig-zag): the window is cut into 2 x cp chunks and rank r h
 2cp-1-r, so every rank has as many early (cheap) as late (expensive) queries.
 
 How it is applied, from outside the model:
-- `parallelize` (train/parallel/fsdp.py) sets `model.sequence_split` to a `ZigZagSplit` (the protocol in train/model/documents.py): the
-  model then builds its per-forward `Documents` with the split, so rotary positions and document ids
-  are the window's (positions restart at each document start of the whole window, whichever rank holds
-  it), and `attend` (train/model/attention.py) gathers keys and values;
+- `parallelize` (train/parallel/fsdp.py) sets `model.sequence_split` to a `ZigZagSplit` (the protocol in
+  train/model/documents.py): the model then builds its per-forward `Documents` with the split, so rotary
+  positions and document ids are the window's (positions restart at each document start of the whole
+  window, whichever rank holds it), and `attend` (train/model/attention.py) gathers keys and values;
 - `ShardedSequences` wraps the stage's objective: inputs, targets and doc_ids of every batch are cut to
   the rank's zig-zag chunks at the loader -> model boundary (host counts stay the whole samples'; the
   trainer divides them by the ranks that read each sample);
