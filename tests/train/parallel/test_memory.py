@@ -2,8 +2,13 @@
 saves, measured on one process, and the shards a layout gives (the layouts' spawned runs check the
 parameter shards of real meshes, tests/train/parallel/test_layouts.py)."""
 
+import re
+import subprocess
+import sys
+
 import torch
 
+from common.paths import REPO
 from train.config import ParallelConfig
 from train.model import build_model, load_preset
 from train.parallel.memory import block_activation_elements, estimate_memory
@@ -51,3 +56,13 @@ def test_layouts_divide_the_states_as_they_shard_them():
     assert cp.tokens == 64 and cp.params == fsdp.params
     checkpointed = estimate_memory(model, ParallelConfig(param_dtype="fp32", activation_checkpointing="full"), 1, 256, 1)
     assert checkpointed.activation_bytes < one.activation_bytes
+
+
+def test_inspector_prints_the_memory_of_a_layout_and_refuses_one_that_does_not_divide():
+    run = [sys.executable, "-m", "train.inspect", "model=llama3", "context=131072", "devices=64"]
+    out = subprocess.run(run + ["parallel.tp=8", "parallel.cp=4"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert "64 rank(s): dp_shard 2 x cp 4 x tp 8" in out and "32,768" in out  # tokens per device
+    assert re.search(r"memory per device \(training\)\s+\d+\.\d+ GiB", out)
+    bad = subprocess.run(run + ["parallel.tp=3"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "parallel.tp=3 != world size 64" in bad.stderr
