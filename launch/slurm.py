@@ -36,6 +36,7 @@ from launch import pipeline
 from train import run_folder
 from train.run_folder import wandb_run_id
 from train.batch_plan import batch_plan
+from train.parallel.dims import ParallelDims
 from train.config import TrainConfig, compose_train_config
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "job.sbatch.j2"
@@ -120,7 +121,9 @@ def training_job(cluster: ClusterConfig, overrides: List[str], log_dir: Path, ti
     config = compose_train_config(overrides)
     ranks = cluster.nodes * cluster.nproc_per_node
     try:  # what the workers would refuse at start-up, after waiting in the queue
-        batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, ranks)
+        dims = ParallelDims.resolve(config.parallel, ranks)
+        dims.check_model(config.model, config.data.seq_len, config.stage)
+        batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, dims.dp_size)
     except ValueError as error:
         raise SystemExit(f"error: {error} (cluster.nodes={cluster.nodes} x cluster.nproc_per_node="
                          f"{cluster.nproc_per_node} = {ranks} ranks)")

@@ -35,12 +35,9 @@ def readme_commands(program: str, with_environment: bool = False) -> list:
 
 def check(overrides: list, ranks: int) -> None:
     config = compose_train_config(overrides)
-    parallel = config.parallel
-    shard = parallel.dp_shard if parallel.dp_shard > 0 else ranks // parallel.dp_replicate
-    dims = ParallelDims(parallel.dp_replicate, shard, parallel.ep, ranks, "cpu")
-    dims.validate()
-    dims.check_model(config.model)
-    batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, ranks)
+    dims = ParallelDims.resolve(config.parallel, ranks)
+    dims.check_model(config.model, config.data.seq_len, config.stage)
+    batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, dims.dp_size)
 
 
 def test_the_readme_shows_each_kind_of_command():

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from common.paths import REPO
+from common.processes import free_port
 from launch.local import torchrun_command
 
 PATCHED = str(Path(__file__).parent / "train" / "patched_train.py")
@@ -41,12 +42,14 @@ def losses(run_dir: Path):
     return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
 
 
-def consumed_indices(run_dir: Path):
-    """Every sample index any rank trained on, from trainer.record_samples."""
+def consumed_indices(run_dir: Path, last_step: int | None = None):
+    """Every sample index any rank trained on (up to `last_step`), from trainer.record_samples."""
     found = []
     for path in sorted((run_dir / "samples").glob("rank_*.jsonl")):
         for line in path.read_text().splitlines():
-            found.extend(json.loads(line)["indices"])
+            record = json.loads(line)
+            if last_step is None or record["step"] <= last_step:
+                found.extend(record["indices"])
     return found
 
 
@@ -86,3 +89,10 @@ def wandb_history(run_dir: Path):
                           if item.key == "_step" or list(item.nested_key) == ["_step"]]
         runs.append((run_id, steps))
     return runs
+
+
+def spawn(worker, world: int, *args) -> None:
+    """worker(rank, world, port, *args) on `world` spawned processes (a gloo group each sets up on `port`)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(worker, args=(world, free_port(), *args), nprocs=world, start_method="spawn", join=True)

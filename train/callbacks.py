@@ -55,7 +55,7 @@ class LogMetrics(Callback):
 
     def on_train_start(self, trainer) -> None:
         cfg = trainer.config
-        trainer.say(f"training {cfg.stage} in {trainer.run_dir}: {trainer.world.size} rank(s) on "
+        trainer.say(f"training {cfg.stage} in {trainer.run_dir}: {trainer.dims.describe()} on "
                     f"{trainer.world.device.type}, {trainer.plan.describe()}, "
                     f"{cfg.trainer.global_batch_size} samples of up to {cfg.data.seq_len} tokens per step")
         self.throughput.reset()

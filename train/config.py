@@ -84,7 +84,9 @@ class ParallelConfig:
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     dp_replicate: int = 1  # HSDP: replicas, each sharded over dp_shard ranks
     dp_shard: int = -1  # -1: world_size / dp_replicate
-    ep: int = 1  # expert parallelism: ranks an MoE layer's experts are spread over; must divide the dp size
+    ep: int = 1  # expert parallelism: ranks an MoE layer's experts are spread over, carved from the dp x cp ranks
+    tp: int = 1  # tensor + sequence parallelism: ranks each layer's heads, hidden units and vocabulary are split over
+    cp: int = 1  # context parallelism: ranks each sequence is split over (zig-zag chunks; attention gathers keys)
     param_dtype: str = "bf16"  # compute dtype of FSDP2's gathered parameters: bf16 | fp32
     reduce_dtype: str = "fp32"  # gradient reduction dtype
     activation_checkpointing: str = "none"  # none | selective (every other block) | full

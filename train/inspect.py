@@ -1,6 +1,8 @@
-"""Print a model's parameters, training FLOPs per token and KV-cache size.
+"""Print a model's parameters, training FLOPs per token and KV-cache size, and the memory each device
+needs to train it under a layout (train/parallel/memory.py: "will it fit").
 
     python -m train.inspect model=llama3 context=8192 dtype=bf16
+    python -m train.inspect model=llama3 context=131072 devices=64 parallel.tp=8 parallel.cp=4 micro_batch=1
     python -m train.inspect model=llama3_tiny model.mixers.full.attention.num_kv_heads=1
     python -m train.inspect compare=[gpt2,llama3,qwen3]
     python -m train.inspect compare=[llama3,deepseek_v3,qwen3_next,mamba2,falcon_h1] context=131072
@@ -17,8 +19,10 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from common.numbers import count, nbytes
 from common.paths import CONFIGS_DIR
+from train.config import ParallelConfig
 from train.model.config import ModelConfig, load_preset, to_model_config
 from train.model.summary import COMPONENTS, Summary, summarize
+from train.parallel.memory import MemoryEstimate, estimate_memory
 
 
 @dataclass
@@ -27,6 +31,11 @@ class InspectConfig:
     context: Optional[int] = None  # tokens; default: each model's max_seq_len
     dtype: str = "bf16"  # of the KV cache: fp32 | bf16 | fp16 | fp8
     compare: List[str] = field(default_factory=list)  # preset names shown side by side (replaces `model`)
+    # the training layout of the memory estimate: parallel.tp, parallel.cp, parallel.dp_shard, ... as for training
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    devices: Optional[int] = None  # world size; default: the product of the parallel sizes (dp_shard=-1 counts 1)
+    micro_batch: int = 1  # sequences of `context` tokens per forward on each data-parallel rank
+    loss_chunk_tokens: int = 4096  # trainer.loss_chunk_tokens
 
 
 ConfigStore.instance().store(name="inspect_schema", node=InspectConfig)
@@ -51,15 +60,34 @@ def rows(s: Summary) -> list[tuple[str, str]]:
     ]
 
 
-def format_table(names: list[str], summaries: list[Summary]) -> str:
-    labels = [label for label, _ in rows(summaries[0])]
-    columns = [[value for _, value in rows(s)] for s in summaries]
+def memory_rows(m: MemoryEstimate) -> list[tuple[str, str]]:
+    return [
+        ("layout", m.layout),
+        ("tokens per device and forward", f"{m.tokens:,}"),
+        ("parameters per device", count(m.params)),
+        ("  weights (fp32 shards)", nbytes(m.weight_bytes)),
+        ("  gradients (fp32 shards)", nbytes(m.grad_bytes)),
+        ("  AdamW moments (2 x fp32)", nbytes(m.optimizer_bytes)),
+        ("  gathered weights (FSDP)", nbytes(m.gathered_bytes)),
+        ("  activations (estimate)", nbytes(m.activation_bytes)),
+        ("memory per device (training)", nbytes(m.total_bytes)),
+    ]
+
+
+def format_table(names: list[str], summaries: list[Summary], memories: list[MemoryEstimate]) -> str:
+    def all_rows(s, m):
+        return rows(s) + memory_rows(m)
+
+    labels = [label for label, _ in all_rows(summaries[0], memories[0])]
+    columns = [[value for _, value in all_rows(s, m)] for s, m in zip(summaries, memories)]
     table = [["", *names]] + [[label, *values] for label, *values in zip(labels, *columns)]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]) for row in table]
     note = ("FLOPs: PaLM convention (Chowdhery et al. 2022, App. B): 6 x active matmul params + 12 x layers x heads x head_dim x T\n"
             "for softmax attention; linear/SSM mixers add a context-independent recurrent-form term. MoE: a token uses\n"
-            "top_k x (1 - rho) routed experts, rho = share of choices taken by zero experts, by default Z / (E + Z).")
+            "top_k x (1 - rho) routed experts, rho = share of choices taken by zero experts, by default Z / (E + Z).\n"
+            "Memory: per device, for training with AdamW under the layout (train/parallel/memory.py); activations\n"
+            "assume attention without T x T scores (Flash/FlexAttention) and are an estimate (+-30%).")
     return "\n".join(lines + [note])
 
 
@@ -69,7 +97,12 @@ def main(cfg: InspectConfig) -> None:
         names, configs = list(cfg.compare), [load_preset(name) for name in cfg.compare]
     else:
         names, configs = [HydraConfig.get().runtime.choices.get("model", "model")], [to_model_config(cfg.model)]
-    print(format_table(names, [summarize(c, cfg.context, cfg.dtype) for c in configs]))
+    p = cfg.parallel
+    devices = cfg.devices or p.dp_replicate * max(p.dp_shard, 1) * p.cp * p.tp
+    summaries = [summarize(c, cfg.context, cfg.dtype) for c in configs]
+    memories = [estimate_memory(c, p, devices, s.context, cfg.micro_batch, cfg.loss_chunk_tokens)
+                for c, s in zip(configs, summaries)]
+    print(format_table(names, summaries, memories))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from train.data_loader import DataStream, to_device, validation_batches
 from train.model.transformer import Transformer
 from train.nonfinite import NonFiniteGuard
 from train.optim import build_optimizer, build_scheduler, register_router_bias_update
+from train.parallel.context import ShardedSequences
 from train.parallel.dims import ParallelDims
 from train.parallel.fsdp import parallelize, read_local_shards
 from train.parallel.grad_norm import clip_grad_norm
@@ -39,7 +40,7 @@ class Trainer:
         self.stage = stages.stage_of(config)  # resolves config.model from init.weights
         set_determinism(config.trainer.deterministic)  # before any CUDA work
         self.world: World = init_world(config.parallel)
-        self.dims = ParallelDims.build(config.parallel, self.world, config.model)
+        self.dims = ParallelDims.build(config.parallel, self.world, config.model, config.data.seq_len, config.stage)
         set_collective_timeout(config.parallel)  # every group exists now: parallel.timeout_s on each
         self.run_dir = config.run_dir
         self.data = stages.stage_data(self.stage, config, builder=self.world.is_main)
@@ -48,13 +49,16 @@ class Trainer:
         self.model = self.build_model()
         reference = self.build_model().eval().requires_grad_(False) if self.stage.reference else None
         self.objective = stages.objective(self.stage, config, reference)
+        if self.dims.cp > 1:  # each rank's zig-zag chunks of every batch (train/parallel/context.py)
+            self.objective = ShardedSequences(self.objective, self.model.sequence_split)
         self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.max_steps)
         self.progress = Progress()
         self.guard = NonFiniteGuard(config.trainer.nonfinite, config.trainer.max_skipped, self.world.device, self.say)
-        record = self.run_dir / "samples" / f"rank_{self.world.rank}.jsonl" if config.trainer.record_samples else None
+        record = (self.run_dir / "samples" / f"rank_{self.dims.dp_rank}.jsonl"
+                  if config.trainer.record_samples and self.dims.dp_leader else None)
         self.stream = DataStream(self.data, config.trainer.global_batch_size, self.plan.micro_batch,
-                                 config.data.num_workers, self.world.rank, self.dims.dp_size, self.world.device,
+                                 config.data.num_workers, self.dims.dp_rank, self.dims.dp_size, self.world.device,
                                  config.data.document_masking, record)
         self.checkpointer = Checkpointer(
             self.run_dir, config.checkpoint, self.world.rank, self.dims,
@@ -111,9 +115,10 @@ class Trainer:
         counts = np.array([sum(b["count"] for b in micro_batches), sum(b["inputs"].numel() for b in micro_batches)],
                           dtype=np.float64)
         dist.all_reduce(torch.from_numpy(counts))
+        counts /= self.dims.sample_copies  # the cp and tp ranks of a data-parallel rank counted the same samples
         global_count, tokens = float(counts[0]), int(counts[1])
-        # FSDP averages gradients over the dp ranks, so scale each rank's sum by ranks / global count.
-        scale = self.dims.dp_size / global_count
+        # FSDP averages gradients over its ranks (dp x cp), so scale each rank's sum by them / global count.
+        scale = self.dims.grad_divisor / global_count
         total, aux_total, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
         for batch in micro_batches:
             loss, aux, batch_stats = self.objective(self.model, batch)
@@ -123,7 +128,8 @@ class Trainer:
             aux_total += aux.detach() / len(micro_batches)
             for key, value in batch_stats.items():
                 stats[key] = stats.get(key, 0.0) + value.detach()
-        loss_sum = all_reduce_sum(total)  # the same on every rank, so every rank decides alike
+        # the same on every rank, so every rank decides alike (each tp rank holds the whole sum of its tokens)
+        loss_sum = all_reduce_sum(total) / self.dims.tp
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip, self.dims)
         lr = self.scheduler.get_last_lr()[0]
         if report or not self.guard.on_device(self.optimizer):
@@ -155,7 +161,7 @@ class Trainer:
         device, cfg = self.world.device, self.config
         total, count, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
         for raw, counts in validation_batches(self.data, self.plan.micro_batch, cfg.trainer.val_samples,
-                                              self.world.rank, self.dims.dp_size):
+                                              self.dims.dp_rank, self.dims.dp_size):
             batch = to_device(raw, device, cfg.data.document_masking)
             loss, _, batch_stats = self.objective(self.model, batch)
             if not counts:
@@ -166,8 +172,8 @@ class Trainer:
                 stats[key] = stats.get(key, 0.0) + value
         self.model.train()
         self.model.reset_expert_loads()  # validation's routing does not count towards balancing
-        count = all_reduce_sum(count)
-        result = {"val_loss": (all_reduce_sum(total) / count).item()}
+        count = all_reduce_sum(count) / self.dims.sample_copies
+        result = {"val_loss": (all_reduce_sum(total) / self.dims.tp / count).item()}
         result.update({f"val_{key}": (all_reduce_sum(value) / count).item() for key, value in stats.items()})
         return result
 

@@ -88,6 +88,16 @@ def test_two_nodes_train_to_the_end_with_checkpoint_metrics_and_wandb(slurm_clus
     assert "wandb sync" in "".join(job_logs.values())
 
 
+def test_tensor_and_context_parallel_layout_trains_across_two_nodes(slurm_cluster, tmp_path, prepared_data):
+    """tp 2 x cp 2 over the cluster's 4 ranks (each tp group on one node, the cp groups across the nodes)."""
+    job = submit(slurm_cluster, tmp_path, prepared_data, "tp_cp", "trainer.max_steps=3", "parallel.tp=2", "parallel.cp=2")
+    state = wait_for_job(slurm_cluster, job)
+    job_logs = logs(tmp_path, job)
+    assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", job_logs
+    assert "4 rank(s): cp 2 x tp 2" in "".join(job_logs.values())
+    assert [m["step"] for m in metrics(tmp_path / "runs" / "tp_cp") if "loss" in m] == [1, 2, 3]
+
+
 def test_preempted_job_checkpoints_requeues_and_finishes_without_repeating_steps(slurm_cluster, tmp_path, prepared_data):
     job = submit(slurm_cluster, tmp_path, prepared_data, "preempted", "trainer.max_steps=120", "checkpoint.every=1000",
                  "logging.wandb.mode=offline")

@@ -50,6 +50,8 @@ def test_gpu_preset_dry_run_renders_the_expected_batch_script(tmp_path):
     (["--dryrun"], "unknown option"),
     (["trainer.global_batch_size=6"], "global_batch_size=6 does not divide over 4 data-parallel ranks; use a multiple "
                                       "of 4, e.g. trainer.global_batch_size=4 or 8 (cluster.nodes=2"),
+    (["parallel.tp=3"], "parallel.tp=3 != world size 4"),
+    (["parallel.tp=2", "trainer.global_batch_size=3"], "global_batch_size=3 does not divide over 2 data-parallel ranks"),
 ])
 def test_a_typo_fails_before_anything_is_submitted(bad, message):
     result = slurm("--dry-run", "cluster=local_test", *bad)

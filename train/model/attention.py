@@ -18,7 +18,9 @@ Logit soft-capping (Gemma 2, arXiv 2408.00118 sec. 2: scores = cap * tanh(scores
 is a score_mod in FlexAttention; SDPA has no hook for it, so the dense path then computes the scores
 explicitly (`explicit_attention`, T*L memory per head: the reference and the CPU path).
 
-Decoding with a KV cache (start > 0 or L != T) always takes the dense path.
+Decoding with a KV cache (start > 0 or L != T) always takes the dense path, and so does a sequence split
+over devices (`Documents.split`, context parallelism): the queries of this device's tokens attend to the
+keys and values of all of them, gathered (`Documents.keys`), under a mask of their window positions.
 """
 
 import functools
@@ -42,7 +44,7 @@ def attention_mask(T: int, L: int, start: int, documents: Documents | None, devi
     see key l: causal, inside the window, and in the same document (built once per forward and window)."""
     if documents is None:
         return causal_mask(T, L, start, device, window)[None, None]
-    if L != T:
+    if L != T and documents.split is None:
         raise ValueError("doc_ids cannot be combined with a KV cache (decode one document at a time)")
     return documents.dense_mask(window)
 
@@ -59,6 +61,8 @@ def attend(q_BHTK, k_BGLK, v_BGLV, backend: str, start: int = 0, documents: Docu
     """Attention output [B, H, T, V] of queries at positions start..start+T-1 over L keys, with G key/value
     heads shared by groups of the H query heads (V may differ from the q/k head dim K, as in MLA).
     `scale` None = K^-1/2; `logit_cap`: soft-capping of the scaled scores."""
+    if documents is not None:  # a split sequence: the keys and values of all its tokens
+        k_BGLK, v_BGLV = documents.keys(k_BGLK), documents.keys(v_BGLV)
     T, L = q_BHTK.shape[2], k_BGLK.shape[2]
     masked = documents is not None or window is not None or sinks_H is not None or logit_cap is not None
     if backend == "auto":

@@ -11,6 +11,16 @@ A mask comes in two forms: `dense_mask` (boolean [B, 1, T, T], for SDPA: the CPU
 and `block_mask` (a FlexAttention BlockMask, arXiv 2412.05496: per 128x128 tile, skipped, full, or
 partial, so attention costs only the tiles that documents and windows leave). Without documents the
 causal (and windowed) masks depend only on the length: `causal_mask` and `causal_block_mask`.
+
+A split sequence: when the window's tokens are spread over several devices (context parallelism, set on
+the Transformer from outside as `sequence_split`), a forward holds only some of them, and `Documents` is
+built with the split, an object with
+    query_index(T, device) -> [T]   the window position of each of this forward's T tokens
+    key_index(T, device)   -> [L]   the window position of each token of `gather`'s result
+    gather(x, dim)         -> x of all L tokens along `dim` (autograd: its backward sums the gradients back)
+Positions and masks then use window positions: a query at window position i sees the keys at positions
+j <= i (inside the window, in its document), whichever device they came from, and attention runs over
+the gathered keys and values (`keys`). Recurrent mixers do not support a split sequence (yet).
 """
 
 from functools import cached_property
@@ -20,9 +30,31 @@ from torch.nn.attention.flex_attention import BlockMask, and_masks, create_block
 
 
 class Documents:
-    def __init__(self, doc_ids_BT: torch.Tensor):
+    def __init__(self, doc_ids_BT: torch.Tensor, split=None):
         self.doc_ids_BT = doc_ids_BT
+        self.split = split  # None: the whole window is here; else how it is spread (module docstring)
         self.masks: dict = {}  # (kind, window) -> the mask, built on first use
+
+    @cached_property
+    def query_index_T(self) -> torch.Tensor:
+        """Window position of each token of this forward."""
+        T, device = self.doc_ids_BT.shape[1], self.doc_ids_BT.device
+        return torch.arange(T, device=device) if self.split is None else self.split.query_index(T, device)
+
+    @cached_property
+    def key_index_L(self) -> torch.Tensor:
+        """Window position of each key attention sees (`keys`)."""
+        if self.split is None:
+            return self.query_index_T
+        return self.split.key_index(self.doc_ids_BT.shape[1], self.doc_ids_BT.device)
+
+    @cached_property
+    def key_doc_ids_BL(self) -> torch.Tensor:
+        return self.doc_ids_BT if self.split is None else self.split.gather(self.doc_ids_BT, 1)
+
+    def keys(self, x_BGTX: torch.Tensor) -> torch.Tensor:
+        """Keys or values [B, G, T, X] of this forward's tokens -> those of every token attention sees [B, G, L, X]."""
+        return x_BGTX if self.split is None else self.split.gather(x_BGTX, 2)
 
     @cached_property
     def starts_BT(self) -> torch.Tensor:
@@ -41,6 +73,10 @@ class Documents:
     @cached_property
     def positions_BT(self) -> torch.Tensor:
         """Position of each token inside its document: its index minus the index of its document's start."""
+        if self.split is not None:  # from the whole window's documents, in window order
+            window_BL = torch.empty_like(self.key_doc_ids_BL)
+            window_BL[:, self.key_index_L] = self.key_doc_ids_BL
+            return Documents(window_BL).positions_BT[:, self.query_index_T]
         B, T = self.doc_ids_BT.shape
         index_BT = torch.arange(T, device=self.doc_ids_BT.device).expand(B, T)
         return index_BT - torch.where(self.starts_BT, index_BT, 0).cummax(dim=1).values
@@ -62,12 +98,12 @@ class Documents:
         return torch.cat([starts_L.nonzero().flatten(), end_1])
 
     def dense_mask(self, window: int | None = None) -> torch.Tensor:
-        """Boolean [B, 1, T, T]: True where query t may see key l (causal, in the window, same document)."""
-        T = self.doc_ids_BT.shape[1]
+        """Boolean [B, 1, T, L]: True where query t may see key l (causal, in the window, same document);
+        L = T unless the sequence is split (then the keys are `keys`' tokens)."""
         key = ("dense", window)
         if key not in self.masks:
-            same_doc_BTT = self.doc_ids_BT[:, :, None] == self.doc_ids_BT[:, None, :]
-            self.masks[key] = (causal_mask(T, T, 0, self.doc_ids_BT.device, window) & same_doc_BTT)[:, None]
+            same_doc_BTL = self.doc_ids_BT[:, :, None] == self.key_doc_ids_BL[:, None, :]
+            self.masks[key] = (position_mask(self.query_index_T, self.key_index_L, window) & same_doc_BTL)[:, None]
         return self.masks[key]
 
     def block_mask(self, window: int | None = None) -> BlockMask:
@@ -87,8 +123,12 @@ class Documents:
 def causal_mask(T: int, L: int, start: int, device, window: int | None = None) -> torch.Tensor:
     """Boolean [T, L]: True where query t (at position start + t) may see key l: causal and in the window
     (a query sees itself and the window-1 keys before it)."""
-    q_idx_T1 = torch.arange(start, start + T, device=device)[:, None]
-    k_idx_1L = torch.arange(L, device=device)[None, :]
+    return position_mask(torch.arange(start, start + T, device=device), torch.arange(L, device=device), window)
+
+
+def position_mask(q_idx_T: torch.Tensor, k_idx_L: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """Boolean [T, L]: True where the query at position q_idx[t] may see the key at position k_idx[l]."""
+    q_idx_T1, k_idx_1L = q_idx_T[:, None], k_idx_L[None, :]
     allowed_TL = k_idx_1L <= q_idx_T1
     if window is not None:
         allowed_TL = allowed_TL & (q_idx_T1 - k_idx_1L < window)

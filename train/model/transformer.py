@@ -45,6 +45,9 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(block(config, i) for i in range(config.num_layers))
         self.final_norm = build_norm(config.norm, config.dim)
         self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        # None: a forward holds whole windows. Context parallelism sets how its windows are split over devices
+        # (train/model/documents.py's protocol); positions and attention masks then use window positions.
+        self.sequence_split = None
         self.init_weights()
 
     def output_weight(self) -> torch.Tensor:
@@ -55,7 +58,9 @@ class Transformer(nn.Module):
         """Final normed hidden states [B, T, D]."""
         B, T = input_ids_BT.shape
         start = 0 if cache is None else cache.length
-        documents = None if doc_ids_BT is None else Documents(doc_ids_BT)
+        if self.sequence_split is not None and doc_ids_BT is None:  # one document per window
+            doc_ids_BT = torch.zeros_like(input_ids_BT)
+        documents = None if doc_ids_BT is None else Documents(doc_ids_BT, self.sequence_split)
         if documents is not None:
             positions_BT = documents.positions_BT
         else:
@@ -111,7 +116,8 @@ class Transformer(nn.Module):
 
     def aux_loss(self) -> torch.Tensor:
         losses = [m.aux_loss for m in self.moe_layers()]
-        return torch.stack(losses).sum() if losses else self.embed.weight.new_zeros(())
+        # a plain zero on the weights' device (the weight itself may be a parallelised DTensor)
+        return torch.stack(losses).sum() if losses else torch.zeros((), device=self.embed.weight.device)
 
     def expert_loads(self) -> list[torch.Tensor]:
         return [m.loads() for m in self.moe_layers()]

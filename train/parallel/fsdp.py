@@ -1,11 +1,13 @@
-"""Apply parallelism to a plain model from the outside: expert parallelism, activation checkpointing,
-torch.compile and FSDP2 (`fully_shard`) over the data-parallel mesh, and fill a sharded model from a model
-folder, each rank reading only its own shards (`read_local_shards`). The model code never sees any of it.
+"""Apply parallelism to a plain model from the outside: expert parallelism, tensor parallelism, activation
+checkpointing, torch.compile and FSDP2 (`fully_shard`) over the data-parallel mesh, and fill a sharded model
+from a model folder, each rank reading only its own shards (`read_local_shards`). The model code never sees
+any of it.
 
-Order as in torchtitan: experts cut to this rank's (on the plain model, clean parameter names), then
-checkpoint wrappers, then compile, then shard each block and the root (so each block's parameters are
-gathered just before it runs and freed after). With `parallel.ep > 1` the experts are their own FSDP
-units over the edp mesh (train/parallel/expert.py); the dense parameters are sharded over the dp mesh.
+Order as in torchtitan: experts cut to this rank's (on the plain model, clean parameter names), then the
+tensor-parallel plan (train/parallel/tensor.py), then checkpoint wrappers, then compile, then shard each
+block and the root (so each block's parameters are gathered just before it runs and freed after). With
+`parallel.ep > 1` the experts are their own FSDP units over the edp mesh (train/parallel/expert.py); the
+dense parameters are sharded over the dp mesh (with tp, tensor-parallel parameters on a 2-D (dp, tp) mesh).
 """
 
 import torch
@@ -19,8 +21,10 @@ from torch.distributed.tensor._utils import compute_local_shape_and_global_offse
 from train.config import ParallelConfig
 from train.model.load import read_weights
 from train.model.moe.layer import MoE
+from train.parallel.context import ZigZagSplit
 from train.parallel.dims import ParallelDims
 from train.parallel.expert import apply_expert_parallel, shard_experts
+from train.parallel.tensor import apply_tensor_parallel
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -52,6 +56,10 @@ def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) ->
             raise ValueError(f"parallel.{key}={value!r}; use one of {', '.join(DTYPES)}")
     if dims.ep > 1:
         apply_expert_parallel(model, dims)
+    if dims.tp > 1:
+        apply_tensor_parallel(model, dims.tp_mesh)
+    if dims.cp > 1:  # each window split over the cp ranks (train/parallel/context.py)
+        model.sequence_split = ZigZagSplit(dims.cp_mesh.get_group())
     apply_activation_checkpointing(model, config.activation_checkpointing)
     if config.compile:
         for index, block in enumerate(model.layers):

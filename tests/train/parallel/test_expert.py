@@ -2,12 +2,12 @@
 all experts and all tokens in one process). Spawned with torch.multiprocessing; OMP_NUM_THREADS=1."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tests.train_helpers import spawn
 
 pytestmark = pytest.mark.slow
 
@@ -16,17 +16,6 @@ MOE = {"kind": "moe", "moe": {"num_experts": 8, "hidden_dim": 24, "num_zero_expe
                                          "aux_loss_kind": "sequence", "z_loss_coef": 0.001,
                                          "score_correction_bias": True, "bias_update_speed": 0.01}}}
 OVERRIDES = {"ffns.moe": MOE, "layer_ffns": ["moe"], "vocab_size": 128, "init_std": 0.1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(worker, world: int, *args):
-    port = free_port()
-    mp.start_processes(worker, args=(world, port, *args), nprocs=world, start_method="spawn", join=True)
 
 
 def setup(rank, world, port, ep=1):
@@ -104,7 +93,7 @@ def layer_worker(rank, world, port, ep, capacity_factor, out):
 
 @pytest.mark.parametrize("world,ep,capacity_factor", [(2, 2, None), (4, 2, None), (4, 4, None), (2, 2, 0.6)])
 def test_expert_parallel_layer_matches_one_process(world, ep, capacity_factor, tmp_path):
-    run(layer_worker, world, ep, capacity_factor, str(tmp_path))
+    spawn(layer_worker, world, ep, capacity_factor, str(tmp_path))
     for rank in range(world):
         result = torch.load(tmp_path / f"{rank}.pt")
         assert result["local_experts"] == 8 // ep
@@ -169,7 +158,7 @@ def train_worker(rank, world, port, ep, steps, out):
 def test_fsdp_plus_expert_parallel_training_matches_one_process(tmp_path):
     """ep=2 on 2 ranks: experts sharded over edp, dense parameters over dp, plain AdamW, aux losses and
     the aux-free bias step from all-reduced loads: the same losses as one process on the whole batch."""
-    run(train_worker, 2, 2, 4, str(tmp_path))
+    spawn(train_worker, 2, 2, 4, str(tmp_path))
     losses = torch.load(tmp_path / "0.pt")
     assert losses["reference"][0] != losses["reference"][-1]
     torch.testing.assert_close(torch.tensor(losses["ep"]), torch.tensor(losses["reference"]), atol=1e-5, rtol=0)

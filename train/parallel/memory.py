@@ -1,0 +1,116 @@
+"""Will it fit: the memory one device needs for a model under a layout, before anything runs.
+
+    estimate_memory(model_config, parallel_config, world_size, context, micro_batch) -> MemoryEstimate
+
+Counted on the model built on the meta device, each parameter divided as the layout divides it: by tp
+where tensor parallelism splits its module (train/parallel/tensor.py's plan, the same one training
+applies), then by the FSDP ranks (dp_shard x cp; HSDP replicas hold copies); routed experts under
+expert parallelism by the whole world (ep x edp). Per device:
+- weights, gradients: fp32 shards (FSDP keeps the sharded parameters and reduces gradients in fp32);
+- AdamW moments: two fp32 tensors per parameter shard;
+- gathered weights: FSDP's working set in the compute dtype (parallel.param_dtype): the root's parameters
+  (embedding, head), which stay gathered, plus two blocks (the running one and the prefetched next), or
+  every block with parallel.reshard_after_forward=false; none without FSDP sharding;
+- activations (an estimate, +-30%): what backward keeps per token and layer, in the compute dtype: the
+  input and output of every linear layer (for routed experts, of each of the token's routed experts)
+  and the fp32 input of every norm, split by tp (sequence parallelism) except in MoE layers, which are
+  replicated within TP; with cp > 1 the gathered keys and values of the whole window; the fused loss's
+  hidden-state and weight gradients and one chunk of fp32 logits. Attention is assumed to keep no T x T scores
+  (FlashAttention / FlexAttention on GPUs; the CPU's dense path keeps them). Activation checkpointing:
+  full keeps each block's input plus one block's activations; selective does so for every other block.
+Not counted: the CUDA context and allocator fragmentation, communication buffers, the KV cache.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from train.config import ParallelConfig
+from train.model.config import ModelConfig
+from train.model.moe.layer import MoE
+from train.model.norm import GatedRMSNorm, LayerNorm, RMSNorm
+from train.model.summary import DTYPES
+from train.model.transformer import Transformer
+from train.parallel.dims import ParallelDims
+from train.parallel.expert import is_expert_parameter
+from train.parallel.tensor import sharded_modules
+
+NORMS = (RMSNorm, LayerNorm, GatedRMSNorm)
+
+
+@dataclass
+class MemoryEstimate:
+    layout: str
+    tokens: int  # per device and forward (micro-batch x context / cp)
+    params: int  # parameters whose (fp32) shards this device holds
+    weight_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    gathered_bytes: int
+    activation_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.grad_bytes + self.optimizer_bytes + self.gathered_bytes + self.activation_bytes
+
+
+def block_activation_elements(block: nn.Module, tp: int) -> float:
+    """Elements backward keeps per token in one block (module docstring), fp32 norm inputs counted twice."""
+    elements = 0.0
+    for module in block.modules():
+        if isinstance(module, nn.Linear):
+            elements += (module.in_features + module.out_features) / tp
+        elif isinstance(module, NORMS):
+            elements += 2 * module.weight.numel() / tp
+    for moe in (m for m in block.modules() if isinstance(m, MoE)):  # replicated within TP: undo the split above
+        routed = moe.top_k * moe.num_experts / (moe.num_experts + moe.num_zero_experts)
+        E, F, D = moe.experts.w1_EFD.shape
+        shared = sum(m.in_features + m.out_features for m in moe.modules() if isinstance(m, nn.Linear))
+        elements += routed * (2 * D + 3 * F) + shared * (1 - 1 / tp)
+    return elements
+
+
+def estimate_memory(model: ModelConfig, parallel: ParallelConfig, world_size: int, context: int, micro_batch: int,
+                    loss_chunk_tokens: int = 4096) -> MemoryEstimate:
+    dims = ParallelDims.resolve(parallel, world_size)
+    dims.check_model(model, context)
+    with torch.device("meta"):
+        net = Transformer(model)
+    split = sharded_modules(net) if dims.tp > 1 else set()
+    fsdp = dims.dp_shard * dims.cp
+    compute = DTYPES[parallel.param_dtype].itemsize
+    held, gathered_root, gathered_blocks = 0.0, 0.0, [0.0] * len(net.layers)
+    for module_name, module in net.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if is_expert_parameter(f"{module_name}.{name}"):
+                local = param.numel() / dims.ep  # this rank's experts, then FSDP over the edp ranks
+                shard = local / (world_size // dims.ep) if dims.ep > 1 else local / fsdp
+            else:
+                local = param.numel() / (dims.tp if module_name in split else 1)
+                shard = local / fsdp
+            held += shard
+            if module_name.startswith("layers."):
+                gathered_blocks[int(module_name.split(".")[1])] += local
+            else:
+                gathered_root += local
+    kept_blocks = len(gathered_blocks) if not parallel.reshard_after_forward else min(2, len(gathered_blocks))
+    gathered = 0.0 if fsdp == 1 else (gathered_root + sum(sorted(gathered_blocks)[-kept_blocks:])) * compute
+
+    tokens = micro_batch * context // dims.cp
+    per_block = [block_activation_elements(block, dims.tp) for block in net.layers]
+    if parallel.activation_checkpointing == "full":
+        per_block = [model.dim / dims.tp] * len(per_block) + [max(per_block)]
+    elif parallel.activation_checkpointing == "selective":  # every other block recomputed
+        per_block = [e if i % 2 else model.dim / dims.tp for i, e in enumerate(per_block)] + [max(per_block)]
+    if dims.cp > 1:  # each attention layer's gathered keys and values of the whole window
+        kv = sum(2 * block.mixer.num_kv_heads * block.mixer.head_dim / dims.tp for block in net.layers
+                 if hasattr(block, "mixer") and hasattr(block.mixer, "num_kv_heads"))
+        per_block.append(kv * dims.cp)
+    # the fused loss keeps the hidden states' gradient and its fp32 weight gradient; one chunk of logits lives in between
+    vocab = model.vocab_size / dims.tp
+    loss = tokens * model.dim * compute + vocab * model.dim * 4 + min(loss_chunk_tokens, tokens) * vocab * 4 * 2
+    activations = tokens * sum(per_block) * compute + loss
+    return MemoryEstimate(layout=dims.describe(), tokens=tokens, params=round(held), weight_bytes=round(4 * held),
+                          grad_bytes=round(4 * held), optimizer_bytes=round(8 * held), gathered_bytes=round(gathered),
+                          activation_bytes=round(activations))
