@@ -71,9 +71,13 @@ def tokenizer_folder(config: TrainConfig) -> Path:
     return folder if (folder / "tokenizer.json").is_file() else Path(config.data.path)
 
 
-def stage_data(stage: Stage, config: TrainConfig) -> StageData:
+def stage_data(stage: Stage, config: TrainConfig, rank: int = 0, ranks: int = 1) -> StageData:
+    """What the stage trains and validates on. Prepared shards are checked against their manifest's
+    checksums first (each of `ranks` processes checks its share), so a corrupted file stops the run
+    with its name before any step reads it."""
     data = config.data
     if stage.reads == "shards":
+        PreparedData(data.path).verify(rank, ranks)
         train = Windows(TokenWindows(data.path, "train", data.seq_len, seed=data.seed, shuffle=True))
         val = Windows(TokenWindows(data.path, data.val_split, data.seq_len, shuffle=False))
         return StageData(train, [val[i] for i in range(len(val))], collate_windows,
