@@ -111,7 +111,7 @@ class Job:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for_output(self, pattern: str, timeout: float = 120, after: int = 0) -> re.Match:
+    def wait_for_output(self, pattern: str, timeout: float = 300, after: int = 0) -> re.Match:
         """The first match of `pattern` in the output from line `after` on."""
         def found():
             match = re.search(pattern, "".join(self.lines[after:]), re.M)
@@ -159,7 +159,7 @@ class Job:
             time.sleep(0.05)
         assert not orphans, f"processes outlived their parent by {within} s: {describe(orphans)}"
 
-    def finish(self, timeout: float = 240) -> int:
+    def finish(self, timeout: float = 600) -> int:
         """Wait for the job to end; its exit status. Then its output must close (no process left holding
         it) and none of its processes may be left."""
         try:

@@ -30,6 +30,7 @@ checkpoint resumes with the same or a different parallel.ep and world size (ep=1
 """
 
 import contextlib
+import errno
 import json
 import multiprocessing
 import random
@@ -223,11 +224,14 @@ class Checkpointer:
             yield
         except (OSError, CheckpointException) as error:
             last = latest_complete(self.root)
-            free = shutil.disk_usage(self.root).free / 1e6 if self.root.exists() else 0.0
+            free_mb = shutil.disk_usage(self.root).free / 1e6
+            # torch.save's writer reports a short write as a RuntimeError: an empty disk tells it apart
+            full = free_mb < 1 or getattr(first_failure(error), "errno", None) == errno.ENOSPC
             raise CheckpointError(
-                f"{path}: {one_line(error)} while saving this checkpoint ({free:,.1f} MB free there); "
+                f"{path}: {f'no space left on the device ({free_mb:.1f} MB free)' if full else one_line(error)} "
+                f"while saving this checkpoint; "
                 f"{f'the last complete one, {last.name}, is intact' if last else 'there is no complete one yet'}: "
-                "make room and rerun to resume") from None
+                f"{'make room' if full else 'fix this'} and rerun to resume") from None
 
     def wait_for_staging(self, *hook_args) -> None:
         """Block until the last save's copy of the state is taken (before anything changes the weights)."""

@@ -23,9 +23,11 @@ def test_full_disk_while_saving_stops_with_one_line_and_a_rerun_with_space_resum
         run_dir = disk / "run"
         job = start_training(jobs, run_dir, prepared_data, logs=tmp_path)
         assert job.finish() != 0
-        [line] = set(re.findall(r"^CheckpointError: .*$", job.output, re.M))  # every rank says the same line
-        assert line.startswith(f"CheckpointError: {run_dir / 'checkpoints' / 'step_00000006'}: ")
-        assert "No space left on device" in line and "the last complete one, step_00000003, is intact" in line
+        said = re.findall(r"^\S*CheckpointError: .*$", job.output, re.M)  # one line, from each rank
+        assert len(said) == 2 and all(re.fullmatch(
+            rf"\S*CheckpointError: {re.escape(str(run_dir / 'checkpoints' / 'step_00000006'))}: no space left on the "
+            r"device \(0\.\d MB free\) while saving this checkpoint; the last complete one, step_00000003, is intact: "
+            "make room and rerun to resume", line) for line in said), said
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         rerun = start_training(jobs, run_dir, prepared_data, logs=tmp_path)

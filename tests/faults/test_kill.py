@@ -50,7 +50,7 @@ def test_worker_killed_during_an_async_save(reference, prepared_data, tmp_path, 
     job = start_training(jobs, run_dir, prepared_data, f"checkpoint.mode={mode}", fault="slow_save:seconds=4",
                          max_restarts=3)
     folder = run_dir / "checkpoints" / f"step_{rng.choice([3, 6]):08d}"
-    wait_until(lambda: (folder / "trainer.json").is_file(), 120, f"the save into {folder} under way")
+    wait_until(lambda: (folder / "trainer.json").is_file(), 300, f"the save into {folder} under way")
     time.sleep(rng.uniform(0, 1.5))
     assert not (folder / ".metadata").exists(), "the save was over before the kill"
     rank = job.kill_worker(rng)
