@@ -222,10 +222,10 @@ class Checkpointer:
         """A save that fails (a full disk, a read-only folder) raises one line naming its folder."""
         try:
             yield
-        except (OSError, CheckpointException) as error:
+        except (OSError, RuntimeError, CheckpointException) as error:  # torch.save's failed writes are RuntimeErrors
             last = latest_complete(self.root)
-            free_mb = shutil.disk_usage(self.root).free / 1e6
-            # torch.save's writer reports a short write as a RuntimeError: an empty disk tells it apart
+            free_mb = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free / 1e6
+            # torch.save reports a short write without its errno: an empty disk tells it apart
             full = free_mb < 1 or getattr(first_failure(error), "errno", None) == errno.ENOSPC
             raise CheckpointError(
                 f"{path}: {f'no space left on the device ({free_mb:.1f} MB free)' if full else one_line(error)} "

@@ -26,6 +26,7 @@ def test_flipped_byte_in_a_shard_stops_training_before_any_step_and_names_it(pre
     assert re.search(rf"^\S*DataError: {re.escape(str(shard))}: checksum differs from the manifest; prepare the data again$",
                      job.output, re.M), job.output[-3000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # not one step trained on it
+    print(f"stopped {job.times[-1] - job.started:.1f} s after the start")
 
 
 def test_data_preparation_killed_midway_leaves_the_finished_output_and_a_rerun_completes(tmp_path, jobs):
@@ -52,7 +53,9 @@ def test_data_preparation_killed_midway_leaves_the_finished_output_and_a_rerun_c
     assert kept.manifest == finished
     kept.verify()
 
-    assert prepare(400).finish() == 0
+    rerun = prepare(400)
+    assert rerun.finish() == 0
+    print(f"the rerun completed in {time.time() - rerun.started:.1f} s")
     rebuilt = PreparedData(out / "prep")
     assert rebuilt.vocab_size == 400 and rebuilt.manifest["fingerprint"] != finished["fingerprint"]
     rebuilt.verify()

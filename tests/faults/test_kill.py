@@ -44,13 +44,13 @@ def test_worker_killed_at_start_up_in_training_and_while_loading(reference, prep
 
 @pytest.mark.parametrize("mode", ["async", "async_process"])
 def test_worker_killed_during_an_async_save(reference, prepared_data, tmp_path, jobs, mode):
-    """The first attempt's writes wait 4 s (FAULT=slow_save), so the kill lands inside a save; under
+    """The first attempt's writes wait 4 s (FAULT=slow_save), so the kill lands while a save writes; under
     async_process the dead rank's saver process must die at once, never finishing its part."""
     rng, run_dir = fault_rng(), tmp_path / "run"
     job = start_training(jobs, run_dir, prepared_data, f"checkpoint.mode={mode}", fault="slow_save:seconds=4",
                          max_restarts=3)
     folder = run_dir / "checkpoints" / f"step_{rng.choice([3, 6]):08d}"
-    wait_until(lambda: (folder / "trainer.json").is_file(), 300, f"the save into {folder} under way")
+    job.wait_for_output(f"^writing checkpoint {re.escape(str(folder))}$")
     time.sleep(rng.uniform(0, 1.5))
     assert not (folder / ".metadata").exists(), "the save was over before the kill"
     rank = job.kill_worker(rng)

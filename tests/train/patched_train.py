@@ -5,7 +5,7 @@ FAULT="die:rank=R:step=S"  rank R calls os._exit(1) before optimizer step S, on 
 FAULT="nan:step=S"         the loss of the first attempt at step S is NaN on every rank.
 FAULT="sleep:step=S"       every step from S on takes an extra second (room for a signal to arrive).
 FAULT="slow_save:seconds=S"  on the first attempt, each rank's checkpoint write (in its writer thread or its
-                           saver process) waits S seconds first: a window for a kill from outside.
+                           saver process) prints "writing checkpoint <folder>" and waits S seconds first.
 FAULT="slow_load:seconds=S"  each checkpoint read prints "reading checkpoint <folder>" and waits S seconds.
 The slow ones only open a window: the fault itself (a SIGKILL) comes from the test, outside the process.
 This file is also the main module of a saver process (checkpoint.mode=async_process), which imports it.
@@ -50,6 +50,7 @@ def objective(self, model, batch):
 
 def write_data(self, plan, planner):
     if kind == "slow_save" and first_attempt:
+        print(f"writing checkpoint {self.path}", flush=True)
         time.sleep(float(fault["seconds"]))
     return original_write(self, plan, planner)
 
