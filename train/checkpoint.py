@@ -74,7 +74,8 @@ def saver_main(*args) -> None:
     when its worker asks or when its pipe closes while idle; a worker killed outright in the middle of a
     save (SIGKILL, the OOM killer) left it running, with its multiprocessing resource tracker: it finished
     the dead rank's save into a run folder the restarted workers now own, and both kept the job's output
-    open. (Picklable by name: the spawned process imports this module to find it.)"""
+    open. (Picklable by name: the spawned process imports this module to find it. A saver whose worker
+    dies while it is still starting lives until its imports are done, then exits with nothing written.)"""
     exit_with_parent(multiprocessing.parent_process().pid, "checkpoint saver")
     DCP_SAVER_MAIN(*args)
 
