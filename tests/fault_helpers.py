@@ -94,6 +94,7 @@ class Job:
         self.log = log
         self.lines: List[str] = []
         self.times: List[float] = []  # when each line came
+        self.killed: Optional[float] = None  # when kill_worker last killed one
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env={**env, MARKER: self.marker}, cwd=REPO, start_new_session=True)
         self.reader = threading.Thread(target=self.read, daemon=True)
