@@ -1,10 +1,14 @@
-"""Running child processes: a command whose output goes to the console and to a log at once, and the
-thread count each of several local processes should use."""
+"""Running child processes: a command whose output goes to the console and to a log at once, the
+thread count each of several local processes should use, and helpers that die with their parent."""
 
 import os
 import shlex
+import signal
 import socket
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -34,3 +38,22 @@ def tee(command: List[str], log: Path, prefix: str = "", env: Optional[Dict[str,
             f.write(line)
             lines.append(line)
     return process.returncode, "".join(lines)
+
+
+def exit_with_parent(parent_pid: int, what: str, interval_s: float = 0.2) -> None:
+    """Kill this process (SIGKILL) as soon as `parent_pid` is no longer its parent: the parent died and the
+    process was re-parented. For helpers that must never outlive the process they serve (a checkpoint
+    saver, a tokenizer worker, a torchrun worker whose agent is gone): an orphan keeps writing into a run
+    folder someone else now owns and keeps the job's output pipes open. A daemon thread polls getppid(),
+    so it works whichever thread started the process (PR_SET_PDEATHSIG fires when that thread exits)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        try:
+            print(f"{what} (pid {os.getpid()}): its parent (pid {parent_pid}) is gone; exiting", file=sys.stderr, flush=True)
+        except OSError:  # nobody reads our output any more
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

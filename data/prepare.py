@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from common.atomic import atomic_directory, remove_stale_temporaries
+from common.processes import exit_with_parent
 from data import sources
 from data.config import PrepareConfig, SourceConfig
 from data.errors import DataError
@@ -125,6 +126,9 @@ _worker_ids: Optional[SpecialIds] = None
 
 def init_worker(tokenizer_json: str, ids: SpecialIds, add_bos: bool) -> None:
     from tokenizers import Tokenizer
+
+    if multiprocessing.parent_process() is not None:  # a pool worker: it would wait for work forever
+        exit_with_parent(multiprocessing.parent_process().pid, "tokenizer worker")
 
     global _worker_tokenizer, _worker_ids, _worker_add_bos
     _worker_tokenizer, _worker_ids, _worker_add_bos = Tokenizer.from_str(tokenizer_json), ids, add_bos

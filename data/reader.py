@@ -65,11 +65,12 @@ class PreparedData:
     def doc_ends(self, shard: Dict[str, object]) -> np.ndarray:
         return np.load(self.path / shard["docs_file"])
 
-    def verify(self) -> None:
-        """Recompute every checksum in the manifest (tokenizer and shards)."""
+    def verify(self, part: int = 0, parts: int = 1) -> None:
+        """Recompute the checksums in the manifest (tokenizer and shards): all of them, or every `parts`-th
+        file from `part` on, so that `parts` processes (training's ranks) read the folder once between them."""
         expected = [(self.manifest["tokenizer"]["file"], self.manifest["tokenizer"]["sha256"])]
         expected += [(s["tokens_file"], s["sha256"]) for split in self.manifest["splits"] for s in self.shards(split)]
-        for file, digest in expected:
+        for file, digest in expected[part::parts]:
             if file_sha256(self.path / file) != digest:
                 raise DataError(f"{self.path / file}: checksum differs from the manifest; prepare the data again")
 

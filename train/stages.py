@@ -114,11 +114,15 @@ def cache_report(cache: Path, reused: bool) -> str:
     return f"reused {cache}" if reused else f"tokenized into {cache}"
 
 
-def stage_data(stage: Stage, config: TrainConfig, builder: bool = True) -> StageData:
-    """The stage's training and held-out samples. For SFT and DPO the `builder` (rank 0) tokenizes into the
-    cache and saves the run's tokenizer; the others wait for the cache."""
+def stage_data(stage: Stage, config: TrainConfig, rank: int = 0, ranks: int = 1) -> StageData:
+    """The stage's training and held-out samples, as process `rank` of `ranks` sees them. Prepared shards are
+    checked against their manifest's checksums first (each process checks its share), so a corrupted file
+    stops the run with its name before any step reads it. For SFT and DPO rank 0 tokenizes into the cache
+    and saves the run's tokenizer; the others wait for the cache."""
+    builder = rank == 0
     data = config.data
     if stage.reads == "shards":
+        PreparedData(data.path).verify(rank, ranks)
         train = Windows(TokenWindows(data.path, "train", data.seq_len, seed=data.seed, shuffle=True))
         val = Windows(TokenWindows(data.path, data.val_split, data.seq_len, shuffle=False))
         return StageData(train, [val[i] for i in range(len(val))], collate_windows,

@@ -43,7 +43,7 @@ class Trainer:
         self.dims = ParallelDims.build(config.parallel, self.world, config.model, config.data.seq_len, config.stage)
         set_collective_timeout(config.parallel)  # every group exists now: parallel.timeout_s on each
         self.run_dir = config.run_dir
-        self.data = stages.stage_data(self.stage, config, builder=self.world.is_main)
+        self.data = stages.stage_data(self.stage, config, self.world.rank, self.world.size)
         self.say(f"data: {self.data.report}")
         self.plan = batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, self.dims.dp_size)
         self.model = self.build_model()

@@ -151,6 +151,13 @@ def test_corrupted_or_truncated_shard_is_detected(make_config, jsonl_corpus):
     shard.write_bytes(bytes(data))
     with pytest.raises(DataError, match="checksum differs"):
         PreparedData(prepared.path).verify()
+    found = []  # two ranks check a share each (the tokenizer, train's shard, val's shard...): one finds it
+    for part in range(2):
+        try:
+            PreparedData(prepared.path).verify(part, 2)
+        except DataError as error:
+            found.append((part, str(error)))
+    assert found == [(1, f"{shard}: checksum differs from the manifest; prepare the data again")]
     shard.write_bytes(bytes(data[:-2]))
     with pytest.raises(DataError, match="bytes, the manifest says"):
         PreparedData(prepared.path)

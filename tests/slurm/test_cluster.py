@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.train_helpers import FAST, metrics, wandb_history, wandb_records
 from common.paths import REPO
+from tests.slurm.conftest import LAB
+from tests.train_helpers import FAST, metrics, wandb_history, wandb_records
+from train.checkpoint import latest_complete
 
 pytestmark = pytest.mark.slow
 STEP_LINE = re.compile(r"^step\s+(\d+)/\d+ \| loss", re.M)
@@ -146,6 +148,56 @@ def test_killed_worker_on_one_node_restarts_and_completes(slurm_cluster, tmp_pat
     assert len(resumed) == 1 and resumed[0] >= 10 and resumed[0] % 10 == 0
     assert [m["step"] for m in metrics(run_dir) if "loss" in m] == list(range(1, 101))
     assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def node_processes(node: str) -> list:
+    """Everything of test-cluster node `node` that a lost node takes down: its slurmd, the job tasks it runs
+    (found through SLURMD_NODENAME in their environment: torchrun, its workers, their savers) and the
+    slurmstepd above them."""
+    found = {int((LAB / "run" / f"slurmd-{node}.pid").read_text())}
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
+        except OSError:
+            continue
+        if env.get("SLURMD_NODENAME") == node:
+            found.add(int(proc.name))
+            parent = int(re.search(r"^PPid:\s+(\d+)", (proc / "status").read_text(), re.M).group(1))
+            if (Path("/proc") / str(parent) / "cmdline").read_bytes().startswith(b"slurmstepd"):
+                found.add(parent)
+    return sorted(found)
+
+
+def node_state(env, node: str) -> str:
+    return subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%t"], capture_output=True, text=True, env=env).stdout.strip()
+
+
+def test_lost_node_requeues_the_job_which_completes_from_the_last_checkpoint(slurm_cluster, tmp_path, prepared_data):
+    """kill -9 of node n2's slurmd and all its job's processes mid-run: SLURM finds the node gone (SlurmdTimeout),
+    the job is requeued, and once the node is back it resumes from the last complete checkpoint."""
+    job = submit(slurm_cluster, tmp_path, prepared_data, "lost_node", "trainer.max_steps=60", "checkpoint.every=10")
+    run_dir = tmp_path / "runs" / "lost_node"
+    wait_for_step(run_dir, 24)
+    for pid in node_processes("n2"):
+        os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    time.sleep(1)
+    last = latest_complete(run_dir / "checkpoints")
+    deadline = time.time() + 120
+    while not node_state(slurm_cluster, "n2").startswith("down") and time.time() < deadline:
+        time.sleep(1)
+    assert node_state(slurm_cluster, "n2").startswith("down"), node_state(slurm_cluster, "n2")
+    noticed = time.time() - killed
+    up = subprocess.run([str(REPO / "slurm" / "testcluster" / "up.sh")], capture_output=True, text=True)  # the node is back
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = wait_for_job(slurm_cluster, job, timeout=400)
+    text = "".join(logs(tmp_path, job).values())
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", text[-3000:]
+    assert f"resumed from {last.resolve()} " in text
+    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == list(range(1, 61))
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    print(f"lost node: SLURM marked it down {noticed:.0f} s after the kill; the job completed "
+          f"{time.time() - killed:.0f} s after it")
 
 
 def test_sweep_points_run_as_slurm_jobs_and_report(slurm_cluster, tmp_path, prepared_data):

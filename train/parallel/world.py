@@ -6,6 +6,10 @@ gets a one-rank group on a free local port. The device comes from the config or 
 (CUDA when available), never from a hard-coded string; CPU uses gloo, CUDA uses NCCL (with gloo
 beside it for CPU tensors). Meshes and the other groups are train/parallel/dims.py's.
 
+Under torchrun a worker dies with its agent (a watchdog on the agent's PID): an agent killed outright,
+as when its node is lost, would otherwise leave its workers training on, into the run folder that a
+rerun of the job now owns.
+
 Two timeouts: `parallel.init_timeout_s` bounds the rendezvous and the start of the group (NCCL is
 initialised eagerly, bound to this rank's GPU through `device_id`); `parallel.timeout_s` bounds each
 collective afterwards. torch has no public setter for a group's timeout after creation, so
@@ -22,7 +26,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from common.processes import free_port
+from common.processes import exit_with_parent, free_port
 from train.config import ParallelConfig
 
 
@@ -92,6 +96,8 @@ def restart_scoped_store(timeout: timedelta):
 
 
 def init_world(config: ParallelConfig) -> World:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun, whose agent is this process's parent
+        exit_with_parent(os.getppid(), "training worker")
     if "RANK" not in os.environ:  # not under torchrun: a group of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     rank, local_rank, size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
