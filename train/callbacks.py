@@ -97,6 +97,9 @@ class DownstreamEval(Callback):
 
     def __init__(self, trainer, logger: MetricsLogger):
         config = trainer.config
+        if trainer.dims.tp > 1 or trainer.dims.cp > 1:  # scoring splits questions by rank and reads whole logits
+            raise ValueError(f"downstream.path is not supported with parallel.tp={trainer.dims.tp} "
+                             f"parallel.cp={trainer.dims.cp}; unset downstream.path or run with tp=cp=1")
         self.logger, self.settings, self.max_steps = logger, config.downstream, config.trainer.max_steps
         self.questions = read_questions(config.downstream.path)  # a bad file fails now, not at step `every`
         self.tokenizer = Tokenizer.from_file(str(tokenizer_folder(config) / "tokenizer.json"))
