@@ -31,8 +31,8 @@ class DataConfig:
     chat: ChatSource = field(default_factory=ChatSource)
     pack: bool = True  # SFT: pack conversations into windows (with document masking), else one per window
     chat_val_fraction: float = 0.05  # conversations / pairs held out, spread evenly
-    # DPO: pad a batch's length up to a multiple of this (at most seq_len): few distinct shapes keep memory
-    # flat (kernels cache per shape; docs/notes.md, "Padding DPO batches")
+    # SFT and DPO: a batch is as long as its longest row, rounded up to a multiple of this (at most seq_len):
+    # few distinct shapes keep memory flat (kernels cache per shape; docs/notes.md, "Padding DPO batches")
     pad_to_multiple_of: int = 64
 
 

@@ -92,8 +92,24 @@ def collate_preferences(pad_id: int, multiple_of: int, max_length: int) -> Calla
     return collate
 
 
-def sft_items(windows) -> List[Dict[str, np.ndarray]]:
-    return [{"tokens": w.tokens, "labels": w.labels, "doc_ids": w.doc_ids} for w in windows]
+def collate_sft(multiple_of: int, packed: bool) -> Callable[[List], Dict[str, object]]:
+    """SFT windows as collate_windows makes them, cut after the batch's last token that is not padding, the
+    length rounded up to a multiple of `multiple_of` (few distinct shapes, as for DPO). Unpacked windows
+    hold one conversation each: they need no document ids, attention is causal only."""
+    def collate(samples: List) -> Dict[str, object]:
+        batch = collate_windows(samples)
+        used = max(item["length"] for item, _ in samples) - 1  # input positions that hold a token
+        length = min(batch["inputs"].shape[1], -(-used // multiple_of) * multiple_of)
+        cut = {key: value[:, :length].contiguous() if isinstance(value, torch.Tensor) else value
+               for key, value in batch.items()}
+        if not packed:
+            del cut["doc_ids"]
+        return cut
+    return collate
+
+
+def sft_items(windows) -> List[Dict[str, object]]:
+    return [{"tokens": w.tokens, "labels": w.labels, "doc_ids": w.doc_ids, "length": w.length} for w in windows]
 
 
 @dataclass

@@ -23,7 +23,7 @@ from data.chat.preferences import load_pairs
 from data.chat.sft import load_sft
 from data.reader import PreparedData, TokenWindows
 from train.config import TrainConfig
-from train.data_loader import Indexed, StageData, Windows, collate_preferences, collate_windows, sft_items
+from train.data_loader import Indexed, StageData, Windows, collate_preferences, collate_sft, collate_windows, sft_items
 from train.dpo_loss import LOSS_TYPES, REFERENCE_FREE
 from train.model import load_model
 from train.model.load import model_config
@@ -87,7 +87,8 @@ def stage_data(stage: Stage, config: TrainConfig) -> StageData:
     if stage.reads == "conversations":
         sft = load_sft(data.chat, tokenizer, data.seq_len, pad_id, data.pack, data.chat_val_fraction)
         report = f"{sft.conversations:,} conversations in {len(sft.train):,} windows (+{len(sft.val)} held out)"
-        train, val, collate, skipped = sft_items(sft.train), sft_items(sft.val), collate_windows, sft.skipped
+        train, val, skipped = sft_items(sft.train), sft_items(sft.val), sft.skipped
+        collate = collate_sft(data.pad_to_multiple_of, data.pack)
     else:
         train, val, skipped = load_pairs(data.chat, tokenizer, data.seq_len, data.chat_val_fraction)
         report = f"{len(train):,} preference pairs (+{len(val)} held out)"

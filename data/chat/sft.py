@@ -97,6 +97,7 @@ class SFTWindow:
     tokens: np.ndarray  # [seq_len + 1] int64: inputs tokens[:-1]
     labels: np.ndarray  # [seq_len + 1] int64: targets labels[1:], IGNORE where no loss (prompts, padding)
     doc_ids: np.ndarray  # [seq_len + 1] int32: each token's conversation inside the window from 0; padding gets the next id
+    length: int  # tokens before the padding
 
 
 def encode_all(tokenizer: Tokenizer, conversations: Sequence[Conversation]) -> List[Encoded]:
@@ -125,7 +126,7 @@ def window(pieces: List[Encoded], seq_len: int, pad_id: int) -> SFTWindow:
         end = start + len(piece.input_ids)
         tokens[start:end], labels[start:end], doc_ids[start:end] = piece.input_ids, piece.labels, doc
         start = end
-    return SFTWindow(tokens, labels, doc_ids)
+    return SFTWindow(tokens, labels, doc_ids, start)
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> List[List[int]]:
