@@ -95,7 +95,9 @@ def collate_preferences(pad_id: int, multiple_of: int, max_length: int) -> Calla
 def collate_sft(multiple_of: int, packed: bool) -> Callable[[List], Dict[str, object]]:
     """SFT windows as collate_windows makes them, cut after the batch's last token that is not padding, the
     length rounded up to a multiple of `multiple_of` (few distinct shapes, as for DPO). Unpacked windows
-    hold one conversation each: they need no document ids, attention is causal only."""
+    hold one conversation each: they need no document ids, attention is causal only. "target_positions"
+    (the flat indices of the targets that are not IGNORE, found on the host) lets the loss run the output
+    projection on the assistant tokens only, not on prompts and padding."""
     def collate(samples: List) -> Dict[str, object]:
         batch = collate_windows(samples)
         used = max(item["length"] for item, _ in samples) - 1  # input positions that hold a token
@@ -104,6 +106,7 @@ def collate_sft(multiple_of: int, packed: bool) -> Callable[[List], Dict[str, ob
                for key, value in batch.items()}
         if not packed:
             del cut["doc_ids"]
+        cut["target_positions"] = torch.from_numpy(np.flatnonzero(cut["targets"].numpy().reshape(-1) != IGNORE))
         return cut
     return collate
 

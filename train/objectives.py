@@ -23,9 +23,11 @@ class NextToken:
         self.chunk_tokens = chunk_tokens
 
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-        hidden_BTD = model.hidden_states(batch["inputs"], batch.get("doc_ids"))
-        loss = cross_entropy_sum(hidden_BTD.flatten(0, 1), model.output_weight(), batch["targets"].reshape(-1),
-                                 self.chunk_tokens, model.config.final_softcap)
+        hidden_ND = model.hidden_states(batch["inputs"], batch.get("doc_ids")).flatten(0, 1)
+        targets_N = batch["targets"].reshape(-1)
+        if "target_positions" in batch:  # SFT: only the positions with a target reach the output projection
+            hidden_ND, targets_N = hidden_ND[batch["target_positions"]], targets_N[batch["target_positions"]]
+        loss = cross_entropy_sum(hidden_ND, model.output_weight(), targets_N, self.chunk_tokens, model.config.final_softcap)
         return loss, model.aux_loss(), {}
 
 

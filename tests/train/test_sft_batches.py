@@ -1,5 +1,6 @@
-"""SFT batches are cut to their longest row (rounded up to data.pad_to_multiple_of), and the loss on the cut
-batch is the loss on the full windows: the cut removes only padding."""
+"""SFT batches are cut to their longest row (rounded up to data.pad_to_multiple_of) and name their target
+positions; the loss on the cut batch (the output projection on the targets only) is the loss on the full
+windows: the cut removes only padding."""
 
 import numpy as np
 import pytest
@@ -44,7 +45,8 @@ def test_cut_batches_give_the_full_windows_loss(model, packed, multiple_of, leng
     samples = [(item, i) for i, item in enumerate(sft_items(windows))]
     full, cut = collate_windows(samples), collate_sft(multiple_of, packed)(samples)
     assert cut["inputs"].shape == cut["targets"].shape == (len(windows), expected)
-    assert ("doc_ids" in cut) == packed and cut["count"] == full["count"] and cut["index"] == full["index"]
+    assert ("doc_ids" in cut) == packed and cut["count"] == full["count"] == len(cut["target_positions"])
+    assert cut["index"] == full["index"] and (cut["targets"].flatten()[cut["target_positions"]] != IGNORE).all()
     objective = NextToken(chunk_tokens=4096)
     with torch.no_grad():
         expected_loss, cut_loss = objective(model, full)[0], objective(model, cut)[0]
