@@ -21,9 +21,9 @@ both sides, AdamW. The rows:
 Rates are counted from the batches each side trains on: non-padding tokens (each DPO prompt counts
 twice, once per response, on both sides) and examples (conversations, or pairs) over the --steps timed
 steps after --warmup (total over total time, data loading included). Every run has a process of its
-own on --device; the two sides alternate (TRL first, then ours first in the next repeat) and the
-faster of each side's --repeats runs counts, since a shared machine only ever slows a run down. Prints
-a table; asserts nothing.
+own on --device (with --quick, each side one for all rows); the two sides alternate (TRL first, then
+ours first in the next repeat) and the faster of each side's --repeats runs counts, since a shared
+machine only ever slows a run down. Prints a table; asserts nothing.
 """
 
 import argparse
@@ -235,7 +235,7 @@ def trl_dpo_dataset(config):
 
 
 def child(args, row: str, side: str, work: Path, device: torch.device) -> Measured:
-    """One run, in a process of its own (no state carries over: process group, kernel caches, memory)."""
+    """One run of one side on one row."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(work / "init" / "tokenizer.json"))
@@ -248,12 +248,14 @@ def child(args, row: str, side: str, work: Path, device: torch.device) -> Measur
     return trl_run(row, work / "hf", dataset, steps, args.warmup, work / f"trl-{ROWS.index(row)}", device)
 
 
-def run_child(argv, row: str, side: str, work: Path) -> Measured:
-    command = [sys.executable, __file__, *argv, "--child", side, "--row", row, "--work", str(work)]
+def run_child(argv, rows, side: str, work: Path) -> list:
+    """Runs of one side, in a process of their own: no state of the other side's carries over (our process
+    group would make transformers wrap TRL's model in DDP; kernel caches; memory)."""
+    command = [sys.executable, __file__, *argv, "--child", side, "--work", str(work), "--row", *rows]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, HF_DATASETS_OFFLINE="1"))
     if result.returncode != 0:
-        sys.exit(f"{side} on {row} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    return Measured(**json.loads(result.stdout.strip().splitlines()[-1]))
+        sys.exit(f"{side} on {rows} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return [Measured(**m) for m in json.loads(result.stdout.strip().splitlines()[-1])]
 
 
 def prepare_models(data: Path, work: Path) -> None:
@@ -276,9 +278,10 @@ def main() -> None:
     parser.add_argument("--data", default="outputs/data/stdlib", help="a folder prepared by `python -m data` (its tokenizer)")
     parser.add_argument("--shared", default=str(SHARED), help="the folder holding alpaca_5000.json and the HH-RLHF file")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 64 rows, 1 warm-up and 2 timed steps, once")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 64 rows, 1 warm-up and 2 timed steps, once, one process per side")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)  # one run (internal)
-    parser.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)
+    parser.add_argument("--row", choices=ROWS, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -287,7 +290,7 @@ def main() -> None:
                           "cpu" if args.device == "auto" else args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.child:
-        print(json.dumps(vars(child(args, args.row, args.child, Path(args.work), device))))
+        print(json.dumps([vars(child(args, row, args.child, Path(args.work), device)) for row in args.row]))
         return
     if not all(Path(args.data, name).is_file() for name in TOKENIZER_FILES):
         sys.exit(f"{args.data}: no tokenizer; run `python -m data` first")
@@ -299,12 +302,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         prepare_models(Path(args.data), work)
-        for repeat in range(args.repeats):
-            for row in ROWS:
-                for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
-                    measured = run_child(argv, row, side, work)
-                    if (row, side) not in best or measured.rate(measured.tokens) > best[row, side].rate(best[row, side].tokens):
-                        best[row, side] = measured
+        # --quick: one process per side for all rows; else one per run, the sides alternating
+        runs = [(ROWS, side) for side in SIDES] if args.quick else [
+            ([row], side) for repeat in range(args.repeats) for row in ROWS for side in SIDES[:: 1 - 2 * (repeat % 2)]]
+        for rows, side in runs:
+            for row, measured in zip(rows, run_child(argv, rows, side, work)):
+                if (row, side) not in best or measured.rate(measured.tokens) > best[row, side].rate(best[row, side].tokens):
+                    best[row, side] = measured
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"Llama 384x6 (15.7M), batch {BATCH}, max length {SEQ}, bf16; {where}; best of {args.repeats} run(s) "
