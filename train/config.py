@@ -36,8 +36,8 @@ class DataConfig:
     chat_template: str = "auto"
     chat_cache: Optional[str] = None  # folder of tokenized SFT/DPO caches (reused by fingerprint); None: run folder's tokenized/
     chat_workers: int = -1  # processes tokenizing a large SFT/DPO set; -1: one per core (at most 16)
-    # DPO: pad a batch's length up to a multiple of this (at most seq_len): few distinct shapes keep memory
-    # flat (kernels cache per shape; docs/notes.md, "Padding DPO batches")
+    # SFT and DPO: a batch is as long as its longest row, rounded up to a multiple of this (at most seq_len):
+    # few distinct shapes keep memory flat (kernels cache per shape; docs/notes.md, "Padding DPO batches")
     pad_to_multiple_of: int = 64
 
 
@@ -58,9 +58,15 @@ class OptimConfig:
 
 @dataclass
 class DPOConfig:
-    beta: float = 0.1
-    loss_type: str = "sigmoid"  # sigmoid (DPO; cDPO with label_smoothing > 0) | ipo
-    label_smoothing: float = 0.0
+    beta: float = 0.1  # DPO/IPO/SimPO: the reward scale (SimPO's paper uses 2-2.5); ORPO: lambda, the odds-ratio weight
+    # sigmoid (DPO; cDPO with label_smoothing > 0) | ipo | simpo | orpo (the last two reference-free: no
+    # reference model; train/dpo_loss.py has the formulas)
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0  # sigmoid, simpo: the probability of a flipped label
+    simpo_gamma: float = 0.5  # simpo: the target reward margin
+    # Compute the reference's log-probs of every pair once before training (kept in the run folder and
+    # reused on resume), so no reference model is kept during training
+    precompute_reference: bool = False
 
 
 @dataclass

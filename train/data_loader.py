@@ -103,7 +103,28 @@ class SFTSamples(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
         window = self.windows[index]
-        return {"tokens": window.tokens, "labels": window.labels, "doc_ids": window.doc_ids}
+        return {"tokens": window.tokens, "labels": window.labels, "doc_ids": window.doc_ids, "length": window.length}
+
+
+def collate_sft(multiple_of: int, packed: bool, select_targets: bool = True) -> Callable[[List], Dict[str, object]]:
+    """SFT windows as collate_windows makes them, cut after the batch's last token that is not padding, the
+    length rounded up to a multiple of `multiple_of` (few distinct shapes, as for DPO). Unpacked windows
+    hold one conversation each: they need no document ids, attention is causal only. "target_positions"
+    (the flat indices of the targets that are not IGNORE, found on the host) lets the loss run the output
+    projection on the assistant tokens only, not on prompts and padding (`select_targets`: off where a rank
+    holds only part of the sequence, under context or tensor parallelism)."""
+    def collate(samples: List) -> Dict[str, object]:
+        batch = collate_windows(samples)
+        used = max(item["length"] for item, _ in samples) - 1  # input positions that hold a token
+        length = min(batch["inputs"].shape[1], -(-used // multiple_of) * multiple_of)
+        cut = {key: value[:, :length].contiguous() if isinstance(value, torch.Tensor) else value
+               for key, value in batch.items()}
+        if not packed:
+            del cut["doc_ids"]
+        if select_targets:
+            cut["target_positions"] = torch.from_numpy(np.flatnonzero(cut["targets"].numpy().reshape(-1) != IGNORE))
+        return cut
+    return collate
 
 
 @dataclass

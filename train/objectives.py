@@ -1,5 +1,5 @@
 """What a stage optimises, given a batch: next-token prediction (pre-training, mid-training, SFT) or
-direct preference optimisation (DPO). The Trainer's loop is the same for all of them.
+preference optimisation (DPO, IPO, SimPO, ORPO). The Trainer's loop is the same for all of them.
 
 Each objective returns sums, never means; the batch's "count" (from its collate function,
 train/data_loader.py) says what they are sums over (target tokens, or pairs), so the trainer can divide
@@ -7,12 +7,12 @@ by the global count across micro-batches and ranks and get the loss of the whole
 the number of ranks.
 """
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
 from train.config import DPOConfig
-from train.dpo_loss import dpo_loss, sequence_logps
+from train.dpo_loss import REFERENCE_FREE, dpo_loss, sequence_logps
 from train.loss import IGNORE, cross_entropy_sum
 
 
@@ -23,31 +23,45 @@ class NextToken:
         self.chunk_tokens = chunk_tokens
 
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-        hidden_BTD = model.hidden_states(batch["inputs"], batch.get("doc_ids"))
-        loss = cross_entropy_sum(hidden_BTD.flatten(0, 1), model.output_weight(), batch["targets"].reshape(-1),
-                                 self.chunk_tokens, model.config.final_softcap)
+        hidden_ND = model.hidden_states(batch["inputs"], batch.get("doc_ids")).flatten(0, 1)
+        targets_N = batch["targets"].reshape(-1)
+        if "target_positions" in batch:  # SFT: only the positions with a target reach the output projection
+            hidden_ND, targets_N = hidden_ND[batch["target_positions"]], targets_N[batch["target_positions"]]
+        loss = cross_entropy_sum(hidden_ND, model.output_weight(), targets_N, self.chunk_tokens, model.config.final_softcap)
         return loss, model.aux_loss(), {}
 
 
-class DirectPreference:
-    """DPO against a frozen reference model: chosen and rejected run as one [2B, L] batch."""
+def response_logps(model, batch, chunk_tokens: int) -> torch.Tensor:
+    """[2B] fp32: each sequence's summed log-prob of its response tokens (the targets that are not IGNORE)."""
+    hidden_BTD = model.hidden_states(batch["inputs"])
+    return sequence_logps(hidden_BTD, model.output_weight(), batch["targets"], chunk_tokens, model.config.final_softcap)
 
-    def __init__(self, config: DPOConfig, reference: torch.nn.Module, chunk_tokens: int):
+
+class DirectPreference:
+    """DPO and its reference-free relatives (SimPO, ORPO): chosen and rejected run as one [2B, L] batch. The
+    reference's log-probs come from the frozen reference model, run here on the same batch, or with the
+    batch itself ("reference_2B", computed before training: train/reference.py)."""
+
+    def __init__(self, config: DPOConfig, reference: Optional[torch.nn.Module], chunk_tokens: int):
         self.config, self.reference, self.chunk_tokens = config, reference, chunk_tokens
 
-    def logps(self, model, batch) -> torch.Tensor:
-        hidden_BTD = model.hidden_states(batch["inputs"])
-        return sequence_logps(hidden_BTD, model.output_weight(), batch["targets"], self.chunk_tokens,
-                              model.config.final_softcap)
+    def reference_logps(self, batch) -> Optional[torch.Tensor]:
+        if self.config.loss_type in REFERENCE_FREE:
+            return None
+        if "reference_2B" in batch:
+            return batch["reference_2B"]
+        with torch.no_grad():
+            return response_logps(self.reference, batch, self.chunk_tokens)
 
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-        policy_2B = self.logps(model, batch)
-        with torch.no_grad():
-            reference_2B = self.logps(self.reference, batch)
+        policy_2B = response_logps(model, batch, self.chunk_tokens)
+        reference_2B = self.reference_logps(batch)
         tokens_2B = (batch["targets"] != IGNORE).sum(dim=1)
         B = policy_2B.shape[0] // 2
-        out = dpo_loss(policy_2B[:B], policy_2B[B:], reference_2B[:B], reference_2B[B:], self.config.beta,
-                       self.config.loss_type, self.config.label_smoothing, tokens_2B[:B], tokens_2B[B:])
+        ref_chosen_B, ref_rejected_B = (None, None) if reference_2B is None else (reference_2B[:B], reference_2B[B:])
+        out = dpo_loss(policy_2B[:B], policy_2B[B:], ref_chosen_B, ref_rejected_B, self.config.beta,
+                       self.config.loss_type, self.config.label_smoothing, tokens_2B[:B], tokens_2B[B:],
+                       self.config.simpo_gamma)
         stats = {  # sums over pairs; the trainer divides by the global number of pairs
             "reward_accuracy": (out.chosen_rewards_B > out.rejected_rewards_B).float().sum(),
             "reward_margin": (out.chosen_rewards_B - out.rejected_rewards_B).sum(),

@@ -4,6 +4,7 @@ so launchers can read it cheaply.
     config.yaml          the resolved training config
     metrics.jsonl        one JSON record per logged step and per validation (rank 0)
     checkpoints/step_N/  DCP step checkpoints (train/checkpoint.py); the latest complete one is resumed
+    reference_logps.pt   DPO's reference log-probs of every pair, with dpo.precompute_reference (train/reference.py)
     model/               the final model folder (model.yaml + model.safetensors + tokenizer): the run is finished
     tokenizer/           SFT/DPO with a chat template: the tokenizer as trained with (its template, added tokens)
     tokenized/           SFT/DPO: the tokenized cache, one folder per fingerprint (data/chat/cache.py)
@@ -19,6 +20,7 @@ from common.atomic import create_once
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+REFERENCE_LOGPS = "reference_logps.pt"
 MODEL = "model"
 TOKENIZER = "tokenizer"
 TOKENIZED = "tokenized"

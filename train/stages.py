@@ -5,6 +5,7 @@
     midtrain   token windows (long documents)       random init (or weights)  next-token cross-entropy
     sft        conversations, packed or padded      init.weights (required)   cross-entropy on assistant tokens
     dpo        preference pairs                     init.weights (required)   DPO against a frozen reference
+                                                                              (or SimPO, ORPO: reference-free)
 
 With `init.weights` the model's config is the folder's (the `model=` preset is not used), changed by
 `init.overrides` (e.g. YaRN for mid-training); the resolved config is what config.yaml records. The
@@ -31,7 +32,8 @@ from data.chat.workers import default_workers
 from data.reader import PreparedData, TokenWindows
 from train import run_folder
 from train.config import TrainConfig
-from train.data_loader import Indexed, SFTSamples, StageData, Windows, collate_preferences, collate_windows
+from train.data_loader import Indexed, SFTSamples, StageData, Windows, collate_preferences, collate_sft, collate_windows
+from train.dpo_loss import LOSS_TYPES, REFERENCE_FREE
 from train.model import load_model
 from train.model.load import model_config
 from train.model.config import apply_overrides
@@ -46,7 +48,7 @@ class Stage:
     name: str
     reads: str  # shards | conversations | pairs
     needs_weights: bool  # starts from a model folder (init.weights)
-    reference: bool  # trains against a frozen copy of the starting model
+    reference: bool  # trains against a frozen copy of the starting model (unless its loss is reference-free)
 
 
 STAGES = {stage.name: stage for stage in (
@@ -64,6 +66,8 @@ def stage_of(config: TrainConfig) -> Stage:
     stage = STAGES[config.stage]
     if stage.needs_weights and not config.init.weights:
         raise ValueError(f"stage={stage.name} starts from a model: set init.weights=<a model folder>")
+    if stage.reads == "pairs" and config.dpo.loss_type not in LOSS_TYPES:
+        raise ValueError(f"dpo.loss_type={config.dpo.loss_type!r} is unknown; use one of {', '.join(LOSS_TYPES)}")
     if config.init.weights:
         # model.yaml, or a Hugging Face config.json through its adapter: nothing is built or read
         config.model = apply_overrides(model_config(config.init.weights), dict(config.init.overrides))
@@ -137,7 +141,8 @@ def stage_data(stage: Stage, config: TrainConfig, rank: int = 0, ranks: int = 1)
         sft = load_sft(data.chat, chat, data.seq_len, chat.pad_id, data.pack, data.chat_val_fraction, **cached)
         report = (f"{sft.conversations:,} conversations in {len(sft.train):,} windows (+{len(sft.val)} held out), "
                   f"{cache_report(sft.cache, sft.reused)}")
-        train, val, collate, skipped = SFTSamples(sft.train), SFTSamples(sft.val), collate_windows, sft.skipped
+        train, val, skipped = SFTSamples(sft.train), SFTSamples(sft.val), sft.skipped
+        collate = collate_sft(data.pad_to_multiple_of, data.pack, config.parallel.tp == config.parallel.cp == 1)
     else:
         pairs = load_pairs(data.chat, chat, data.seq_len, data.chat_val_fraction, **cached)
         report = f"{len(pairs.train):,} preference pairs (+{len(pairs.val)} held out), {cache_report(pairs.cache, pairs.reused)}"
@@ -160,8 +165,17 @@ def initial_model(config: TrainConfig) -> Transformer:
     return Transformer(config.model)
 
 
+def reference(stage: Stage, config: TrainConfig) -> Optional[str]:
+    """How the frozen reference takes part: None (none: the stage has none, or its loss is reference-free),
+    "live" (a second model runs beside the policy on every batch) or "precomputed" (its log-probs of every
+    pair, computed once before training: train/reference.py)."""
+    if not stage.reference or config.dpo.loss_type in REFERENCE_FREE:
+        return None
+    return "precomputed" if config.dpo.precompute_reference else "live"
+
+
 def objective(stage: Stage, config: TrainConfig, reference: Optional[torch.nn.Module]):
-    """What the stage optimises (train/objectives.py); DPO's needs the frozen reference."""
-    if stage.reference:
+    """What the stage optimises (train/objectives.py); DPO's takes the live reference model, if it has one."""
+    if stage.reads == "pairs":
         return DirectPreference(config.dpo, reference, config.trainer.loss_chunk_tokens)
     return NextToken(config.trainer.loss_chunk_tokens)

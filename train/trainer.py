@@ -32,6 +32,7 @@ from train.parallel.fsdp import parallelize, read_local_shards
 from train.parallel.grad_norm import clip_grad_norm
 from train.parallel.world import World, all_reduce_sum, init_world, set_collective_timeout, set_determinism
 from train.progress import Progress, StepResult
+from train.reference import precomputed
 
 
 class Trainer:
@@ -47,8 +48,12 @@ class Trainer:
         self.say(f"data: {self.data.report}")
         self.plan = batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, self.dims.dp_size)
         self.model = self.build_model()
-        reference = self.build_model().eval().requires_grad_(False) if self.stage.reference else None
-        self.objective = stages.objective(self.stage, config, reference)
+        reference = stages.reference(self.stage, config)
+        if reference == "precomputed":  # the reference runs once now, and is freed before training
+            self.data = precomputed(self.data, self.build_reference, config, self.world, self.dims.dp_size,
+                                    self.plan.micro_batch, self.say)
+        live = self.build_reference() if reference == "live" else None
+        self.objective = stages.objective(self.stage, config, live)
         if self.dims.cp > 1:  # each rank's zig-zag chunks of every batch (train/parallel/context.py)
             self.objective = ShardedSequences(self.objective, self.model.sequence_split)
         self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
@@ -97,6 +102,10 @@ class Trainer:
             set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         model.reset_expert_loads()  # non-persistent buffers are in no state dict: to_empty left them uninitialised
         return model
+
+    def build_reference(self) -> torch.nn.Module:
+        """The frozen reference: the starting model, sharded like the policy."""
+        return self.build_model().eval().requires_grad_(False)
 
     def callback(self, hook: str, *args) -> None:
         for callback in self.callbacks:

@@ -25,7 +25,7 @@ from data.chat.rows import ChatSource
 from data.errors import DataError
 from data.sources import resolve_local_paths
 
-VERSION = 1  # bump when the cached layout or the tokenization rules change
+VERSION = 2  # bump when the cached layout or the tokenization rules change
 META = "meta.json"
 
 

@@ -17,6 +17,8 @@ from data.chat.rows import ChatSource
 from data.chat.sft import SFTWindows
 from data.chat.template import IGNORE
 from data.split import split_held_out
+from data.reader import EpochOrder
+from train.dpo_loss import dpo_loss
 from train.model import load_model
 from tests.chat_helpers import save_hf_tokenizer, template, trl_dpo, trl_sft
 from tests.train_helpers import losses, metrics, run_training
@@ -39,10 +41,17 @@ def test_stage_resumes_after_a_killed_rank(prepared_data, start_model, tmp_path,
               "trainer.deterministic=true", "trainer.val_every=3", "trainer.val_samples=8"]
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     run_training(clean, prepared_data, *common, nproc=2)
-    result = run_training(crashed, prepared_data, *common, nproc=2, max_restarts=3, fault="die:rank=0:step=5")
+    # DPO's crashed run precomputes the reference's log-probs: once, read again after the restart, and
+    # its losses are those of the clean run's live reference
+    precompute = ["dpo.precompute_reference=true"] if stage == "dpo" else []
+    result = run_training(crashed, prepared_data, *common, *precompute, nproc=2, max_restarts=3,
+                          fault="die:rank=0:step=5")
     assert "injected crash before step 5" in result.stdout and "step_00000003" in result.stdout
     assert losses(crashed) == losses(clean) and sorted(losses(clean)) == list(range(1, 7))
     if stage == "dpo":
+        assert result.stdout.count("reference log-probs: computed for") == 1
+        assert result.stdout.index("reference log-probs: read from") > result.stdout.index("injected crash")
+        # the held-out rewards use the precomputed held-out values; here they are recomputed from full logits
         final = [r for r in metrics(crashed) if "val_reward_accuracy" in r][-1]
         expected = held_out_rewards(crashed / "model", start_model, crashed)
         assert final["step"] == 6 and final["val_reward_accuracy"] == expected["accuracy"]
@@ -71,6 +80,30 @@ def held_out_rewards(policy_dir, reference_dir, run_dir) -> dict:
                    for ids, labels in ((pair.chosen_ids, pair.chosen_labels), (pair.rejected_ids, pair.rejected_labels))]
         margins.append(rewards[0] - rewards[1])
     return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins)}
+
+
+@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+def test_reference_free_first_loss_equals_the_pairs_mean(prepared_data, start_model, tmp_path, loss_type):
+    """Step 1 (the policy is still the start model) of SimPO and ORPO through the trainer, 4 micro-batches
+    of 2 pairs: its loss is the mean over the step's 8 pairs of the per-pair loss from full logits."""
+    run_dir = tmp_path / loss_type
+    run_training(run_dir, prepared_data, "stage=dpo", f"init.weights={start_model}", "trainer.max_steps=1",
+                 f"dpo.loss_type={loss_type}", "dpo.beta=2.0", "trainer.record_samples=true")
+    config = OmegaConf.load(run_dir / "config.yaml")
+    tokenizer = Tokenizer.from_file(str(Path(start_model) / "tokenizer.json"))
+    train, _, _ = load_pairs(ChatSource(), tokenizer, config.data.seq_len, config.data.chat_val_fraction)
+    order = EpochOrder(len(train), config.data.seed, shuffle=True)
+    indices = json.loads((run_dir / "samples" / "rank_0.jsonl").read_text().splitlines()[0])["indices"]
+    model = load_model(start_model).eval()
+    logps, tokens = [], []
+    for pair in (train[order(i)] for i in indices):
+        for ids, labels in ((pair.chosen_ids, pair.chosen_labels), (pair.rejected_ids, pair.rejected_labels)):
+            logps.append(sequence_logp(model, ids, labels))
+            tokens.append(sum(label != IGNORE for label in labels[1:]))
+    logps, tokens = torch.tensor(logps, dtype=torch.float64).view(-1, 2), torch.tensor(tokens).view(-1, 2)
+    expected = dpo_loss(logps[:, 0], logps[:, 1], beta=2.0, loss_type=loss_type, chosen_tokens_B=tokens[:, 0],
+                        rejected_tokens_B=tokens[:, 1]).losses_B.mean().item()
+    assert len(indices) == 8 and losses(run_dir)[1] == pytest.approx(expected, abs=1e-5)
 
 
 def test_bad_rows_are_reported_with_counts(prepared_data, start_model, tmp_path):

@@ -11,7 +11,8 @@ from data.chat import stdlib
 from data.chat.rows import ChatSource, Skipped
 from data.chat.template import IGNORE, encode_conversation
 from data.config import TokenizerConfig
-from data.chat.sft import Conversation, Encoded, encode_all, load_sft, pack_sft, pad_sft, read_conversations
+from data.chat.sft import (Conversation, Encoded, best_fit_decreasing, encode_all, load_sft, pack_sft, pad_sft,
+                           read_conversations)
 from data.errors import DataError
 from data.split import is_validation, split_held_out
 from data.tokenizer import train_bpe
@@ -150,11 +151,37 @@ def test_packing_invariants(tokenizer, seq_len):
         assert pieces[: len(found)] == found and len(padding) <= 1
         assert all(set(t) == {PAD} and set(l) == {IGNORE} for t, l in padding)
         per_window.append(found)
-    # every conversation appears whole, once, in order: none was split across windows
-    assert [c for found in per_window for c in found] == conversations
-    # greedy: the first conversation of each window did not fit in the space the previous window left
-    for previous, following in zip(per_window, per_window[1:]):
-        assert sum(len(t) for t, _ in previous) + len(following[0][0]) > seq_len + 1
+    # every conversation appears whole, once: none was split across windows
+    assert sorted(c for found in per_window for c in found) == sorted(conversations)
+    # the windows are best-fit decreasing's bins, as the rule's plain statement makes them
+    bins = naive_best_fit_decreasing([len(tokens) for tokens, _ in conversations], seq_len + 1)
+    assert per_window == [[conversations[i] for i in items] for items in bins]
+
+
+def naive_best_fit_decreasing(lengths, capacity):
+    """Longest first; each into the bin with the least room that still fits it (the first on a tie), else a new one."""
+    bins, rooms = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fits = [b for b, room in enumerate(rooms) if room >= lengths[i]]
+        if fits:
+            b = min(fits, key=lambda b: rooms[b])
+        else:
+            b = len(bins)
+            bins.append([])
+            rooms.append(capacity)
+        bins[b].append(i)
+        rooms[b] -= lengths[i]
+    return bins
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_best_fit_decreasing_equals_the_naive_rule(seed):
+    lengths = np.random.default_rng(seed).integers(1, 258, 500).tolist()  # many ties and exact fits
+    bins = best_fit_decreasing(lengths, 257)
+    assert bins == naive_best_fit_decreasing(lengths, 257)
+    assert all(sum(lengths[i] for i in b) <= 257 for b in bins)
+    fewest = max(-(-sum(lengths) // 257), sum(length > 257 // 2 for length in lengths))  # no packing needs fewer
+    assert len(bins) <= 11 / 9 * fewest + 6 / 9  # BFD's guarantee (Dosa 2007)
 
 
 def test_padded_windows_hold_one_conversation(tokenizer):
