@@ -9,7 +9,7 @@ import torch
 from data.chat.rows import Skipped
 from data.chat.sft import Encoded, pack_sft, pad_sft
 from data.chat.template import IGNORE
-from train.data_loader import collate_sft, collate_windows, sft_items
+from train.data_loader import SFTSamples, collate_sft, collate_windows
 from train.model.config import apply_overrides, load_preset
 from train.model.transformer import Transformer
 from train.objectives import NextToken
@@ -42,7 +42,7 @@ def model():
 ])
 def test_cut_batches_give_the_full_windows_loss(model, packed, multiple_of, lengths, expected):
     windows = (pack_sft if packed else pad_sft)(examples(lengths), SEQ, PAD, Skipped())
-    samples = [(item, i) for i, item in enumerate(sft_items(windows))]
+    samples = [(item, i) for i, item in enumerate(SFTSamples(windows))]
     full, cut = collate_windows(samples), collate_sft(multiple_of, packed)(samples)
     assert cut["inputs"].shape == cut["targets"].shape == (len(windows), expected)
     assert ("doc_ids" in cut) == packed and cut["count"] == full["count"] == len(cut["target_positions"])
