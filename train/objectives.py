@@ -14,10 +14,13 @@ import torch
 from train.config import DPOConfig
 from train.dpo_loss import dpo_loss, sequence_logps
 from train.loss import IGNORE, cross_entropy_sum
+from train.mtp_loss import mtp_loss
 
 
 class NextToken:
-    """Cross-entropy on the target tokens (IGNORE: prompts, padding), fused with the output projection."""
+    """Cross-entropy on the target tokens (IGNORE: prompts, padding), fused with the output projection. A model
+    with multi-token prediction modules (model.mtp) adds their loss to the auxiliary one (a mean per
+    micro-batch, as the MoE losses) and reports it as `mtp_loss`; the loss itself stays the next-token one."""
 
     def __init__(self, chunk_tokens: int):
         self.chunk_tokens = chunk_tokens
@@ -26,7 +29,10 @@ class NextToken:
         hidden_BTD = model.hidden_states(batch["inputs"], batch.get("doc_ids"))
         loss = cross_entropy_sum(hidden_BTD.flatten(0, 1), model.output_weight(), batch["targets"].reshape(-1),
                                  self.chunk_tokens, model.config.final_softcap)
-        return loss, model.aux_loss(), {}
+        if model.config.mtp.depth == 0:
+            return loss, model.aux_loss(), {}
+        weighted, summed = mtp_loss(model, hidden_BTD, batch, self.chunk_tokens)
+        return loss, model.aux_loss() + weighted, {"mtp_loss": summed}
 
 
 class DirectPreference:
