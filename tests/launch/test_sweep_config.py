@@ -14,8 +14,8 @@ from train.model.summary import summarize
 
 
 def planned(*argv):
-    """The planned sweep state as sweep.json holds it."""
-    args, items = parse_args(list(argv))
+    """The planned sweep state as sweep.json holds it (one seed a point unless argv says otherwise)."""
+    args, items = parse_args(["--seeds=1", *argv])
     return asdict(plan(args, items, "test"))
 
 

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def sweep(out, data, *args, nproc=2):
-    command = [sys.executable, "-m", "launch.sweep", "--out", str(out), "--nproc", str(nproc), f"data.path={data}",
-               *TINY, *args]
+    command = [sys.executable, "-m", "launch.sweep", "--out", str(out), "--nproc", str(nproc), "--seeds=1",
+               f"data.path={data}", *TINY, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
