@@ -360,7 +360,6 @@ def check_model_config(config: ModelConfig) -> None:
                                 ("residual.branch_scale", config.residual.branch_scale, BRANCH_SCALES)):
         if value not in allowed:
             raise ValueError(f"model.{key}={value!r} is not one of {allowed}")
-    check_residual(config)
     if config.shortcut_moe is not None and config.ffns.get(config.shortcut_moe, None) is None:
         raise ValueError(f"model.shortcut_moe={config.shortcut_moe!r} is not in model.ffns {sorted(config.ffns)}")
     for pattern, table in (("layer_mixers", "mixers"), ("layer_ffns", "ffns")):
@@ -376,6 +375,7 @@ def check_model_config(config: ModelConfig) -> None:
             if section is not None and getattr(entry, section) is None:
                 raise ValueError(f"model.{table}.{name} has kind {entry.kind} but no `{section}:` section; "
                                  f"set model.{table}.{name}.{section}")
+    check_residual(config)  # after the tables: it reads the layers' mixers
 
 
 def check_residual(config: ModelConfig) -> None:
