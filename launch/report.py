@@ -134,6 +134,8 @@ def group_row(runs: List[Dict[str, object]], group: str, point: PointRun) -> Dic
         "tokens_per_s": statistics.median(rates) if rates else None,
         "peak_memory_gb": max((r["peak_memory_gb"] for r in finished if r.get("peak_memory_gb") is not None), default=None),
         "val_curve": [[t, mean([c[i][1] for c in curves])] for i, (t, _) in enumerate(curves[0])] if same else [],
+        "val_curve_sd": [sample_sd([c[i][1] for c in curves]) for i in range(len(curves[0]))] if same and len(curves) > 1
+        else [],
         "tokens": runs[0].get("tokens"),
     })
     return row
@@ -268,9 +270,14 @@ def plots(sweep_dir: Path, name: str, rows: List[Dict[str, object]]) -> None:
             for row in curves:
                 scale = row[scale_key] if scale_key else 1
                 x, y = zip(*[(tokens * scale, loss) for tokens, loss in row["val_curve"]])
-                axes.plot(x, y, marker="o", markersize=3, label=row["point"])
+                line, = axes.plot(x, y, marker="o", markersize=3, label=row["point"])
+                if row.get("val_curve_sd"):  # several seeds: the mean +- one standard deviation
+                    sd = row["val_curve_sd"]
+                    axes.fill_between(x, [v - d for v, d in zip(y, sd)], [v + d for v, d in zip(y, sd)],
+                                      color=line.get_color(), alpha=0.2)
             axes.set_xlabel("training FLOPs" if scale_key else "tokens")
-            axes.set_ylabel("validation loss")
+            axes.set_ylabel("validation loss" + (" (mean ± sd over seeds)" if any(r.get("val_curve_sd") for r in curves)
+                                                 else ""))
         return draw
 
     def throughput(axes):
