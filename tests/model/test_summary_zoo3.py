@@ -28,7 +28,7 @@ def test_gptj_is_transformers_gptj_without_the_head_bias():
         theirs = GPTJForCausalLM(GPTJConfig())  # the defaults are GPT-J 6B's
     s = summarize(load_preset("gptj_6b"), context=2048)
     assert s.params_total == sum(p.numel() for p in theirs.parameters()) - 50400 == 6_050_832_384
-    V, D, L, F = 50400, 4096, 28, 16384
+    D, L = 4096, 28
     assert s.params["norms"] == (L + 1) * 2 * D  # one LayerNorm per parallel block (weight and bias) + the final
 
 
