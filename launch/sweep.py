@@ -7,11 +7,14 @@
     python -m launch.sweep sweep=attention --launcher slurm --cluster generic_gpu   # submit, then later:
     python -m launch.sweep sweep=attention --report-only
     python -m launch.sweep --list                                   # the named sweeps
+    python -m launch.sweep sweep=residual --seeds 5                 # 5 seeds a point: mean, sd, 95% interval, Welch
+    python -m launch.sweep sweep=norm --scaling --seeds 2           # every point at 4 widths: loss vs compute fits
 
 Every point is its own `python -m train` (Hydra's multirun inside one torchrun cannot re-create the
 process group): locally one elastic torchrun after the other (launch/local.py, `--nproc` ranks), or one
 SLURM job each (`python -m launch.slurm <overrides> cluster=<name>`). Every point trains on the same
-data, seed and token budget, into <sweep dir>/<point>/ (default sweep dir: outputs/sweeps/<name>), and
+data, seeds and token budget, into <sweep dir>/<point>/ (with several seeds <point>-seed<s>/; with
+--scaling <point>.<rung>[-seed<s>]/) (default sweep dir: outputs/sweeps/<name>), and
 logs to W&B in the group <name> when the base overrides turn W&B on (logging.wandb.mode=online|offline).
 
 `--match params|active|nonembedding|flops` adjusts one size knob per point (the sweep's `knob:` or
@@ -39,8 +42,8 @@ from common.processes import tee, threads_per_process
 from launch.local import torchrun_command
 from launch.match import match_knob, measure
 from launch.report import architecture, write_report
-from launch.sweep_config import (MATCH_KINDS, Composer, Point, available_sweeps, axis_label, expand, load_sweep,
-                                 split_command_line)
+from launch.sweep_config import (DEFAULT_SCALING, MATCH_KINDS, Composer, Point, available_sweeps, axis_label, expand,
+                                 load_sweep, split_command_line)
 from launch.sweep_state import PointRun, SweepState
 from train.model.summary import summarize
 from train.run_folder import is_finished
@@ -69,6 +72,8 @@ class SweepOptions:
     resubmit: bool
     report_only: bool
     list: bool
+    seeds: Optional[int] = None  # runs per point (default: the named sweep's seeds, 3; else 1)
+    scaling: bool = False  # every point at each size of the sweep's scaling ladder
 
     def sweep_dir(self, name: str) -> Path:
         return Path(self.out or Path("outputs") / "sweeps" / name).resolve()
@@ -95,6 +100,10 @@ def parse_args(argv: Optional[List[str]]):
     parser.add_argument("--resubmit", action="store_true", help="slurm: submit again points that were submitted before")
     parser.add_argument("--report-only", action="store_true", help="write the report from what finished; run nothing")
     parser.add_argument("--list", action="store_true", help="list the named sweeps")
+    parser.add_argument("--seeds", type=int, help="runs per point with trainer.seed, +1, ... (default: a named "
+                        "sweep's seeds, 3; else 1); the report gives mean, sd, 95%% interval and a Welch test")
+    parser.add_argument("--scaling", action="store_true", help="run every point at each size of the sweep's "
+                        "scaling ladder (matched by FLOPs with the sweep's knob) and fit loss against compute")
     parser.add_argument("-m", "--multirun", action="store_true", help="accepted out of Hydra habit: comma lists sweep")
     args, rest = parser.parse_known_args(argv)
     unknown = [item for item in rest if item.startswith("-")]
@@ -104,61 +113,96 @@ def parse_args(argv: Optional[List[str]]):
     items = [item for item in rest if not item.startswith("sweep=")]
     if args.launcher == "slurm" and not args.cluster and not args.report_only:
         parser.error("--launcher slurm needs --cluster NAME")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: at least 1")
     options = SweepOptions(sweep, args.points, args.name, args.out, args.nproc, args.retries, args.match, args.knob,
                            args.tolerance, args.launcher, args.cluster, args.nodes, args.dry_run, args.resubmit,
-                           args.report_only, args.list)
+                           args.report_only, args.list, args.seeds, args.scaling)
     return options, items
 
 
 def plan(options: SweepOptions, items: List[str], command: str) -> SweepState:
-    """The points, their full overrides, composed configs and (with --match) size adjustments."""
+    """The runs: every point (at every --scaling rung, with every seed), their full overrides, composed
+    configs and (with --match) size adjustments, matched within each rung to its first point."""
     sweep = load_sweep(options.sweep) if options.sweep else None
     cli_base, axes = split_command_line(items)
     points = expand(sweep, options.points, axes)
     name = options.name or options.sweep or "-".join(axis_label(key, "") for key, _ in axes) or "sweep"
     sweep_dir = options.sweep_dir(name)
     match = options.match or (sweep.match if sweep else "none")
+    seeds = options.seeds or (sweep.seeds if sweep else 1)
+    rungs = [None]
+    if options.scaling:
+        rungs = (sweep.scaling if sweep and sweep.scaling else None) or DEFAULT_SCALING
+        if match == "none" and (options.knob or any(p.knob for p in points)):
+            match = "flops"  # the sizes of a rung matched by training FLOPs
     base = (sweep.base if sweep else []) + cli_base
 
-    def driver(point: str) -> List[str]:  # the sweep's own keys, last
-        return [f"out_dir={sweep_dir}", f"run_name={point}", f"logging.wandb.group={name}"]
+    def driver(run: str) -> List[str]:  # the sweep's own keys, last
+        return [f"out_dir={sweep_dir}", f"run_name={run}", f"logging.wandb.group={name}"]
 
-    runs, configs = [], {}
+    runs, first = [], None
     with Composer() as compose:
-        for point in points:
-            run = PointRun(point.name, base + point.overrides + driver(point.name))
-            try:
-                configs[point.name] = compose(run.overrides)
-                run.config = OmegaConf.to_container(OmegaConf.structured(configs[point.name]))
-            except ValueError as e:
-                run.fail(f"invalid overrides: {e}")
-            runs.append(run)
-        if match != "none":
-            reference = configs.get(points[0].name)
-            if reference is None:
-                raise SystemExit(f"error: --match {match} compares with the first point, {points[0].name}, which does "
-                                 f"not compose: {runs[0].reason}")
-            target = measure(summarize(reference.model, reference.data.seq_len), match)
-            for run, point in zip(runs[1:], points[1:]):
-                if run.config is not None:
-                    match_size(run, point, configs, match, target, options, sweep.multiple_of if sweep else 8)
-                    if run.status != "failed":  # the matched size, before the sweep's own keys
-                        matched = f"{run.adjustment['key']}={run.adjustment['after']}"
-                        run.overrides = run.overrides[:-len(driver(""))] + [matched] + driver(point.name)
-                        run.config = OmegaConf.to_container(OmegaConf.structured(compose(run.overrides)))
-    first = next(iter(configs.values()), None)
+        for rung in rungs:
+            labels = [p.name if rung is None else f"{p.name}.{rung.name}" for p in points]
+            cells = [PointRun(label, base + (rung.overrides if rung else []) + p.overrides + driver(label))
+                     for label, p in zip(labels, points)]
+            configs = {}
+            for run in cells:
+                try:
+                    configs[run.name] = compose(run.overrides)
+                    run.config = OmegaConf.to_container(OmegaConf.structured(configs[run.name]))
+                except ValueError as e:
+                    run.fail(f"invalid overrides: {e}")
+            first = first or next(iter(configs.values()), None)
+            if match != "none":
+                reference = configs.get(cells[0].name)
+                if reference is None:
+                    raise SystemExit(f"error: --match {match} compares with the first point, {cells[0].name}, which "
+                                     f"does not compose: {cells[0].reason}")
+                target = measure(summarize(reference.model, reference.data.seq_len), match)
+                for run, point in zip(cells[1:], points[1:]):
+                    if run.config is not None:
+                        match_size(run, point, configs[run.name], match, target, options,
+                                   sweep.multiple_of if sweep else 8)
+                        if run.status != "failed":  # the matched size, before the sweep's own keys
+                            matched = f"{run.adjustment['key']}={run.adjustment['after']}"
+                            run.overrides = run.overrides[:-len(driver(""))] + [matched] + driver(run.name)
+                            run.config = OmegaConf.to_container(OmegaConf.structured(compose(run.overrides)))
+            for run, point in zip(cells, points):
+                runs += seeded(run, point.name, rung.name if rung else None, seeds, driver)
+    base_seed = first.trainer.seed if first is not None else 0
+    seed_text = f"seed {base_seed}" if seeds == 1 else f"seeds {base_seed}..{base_seed + seeds - 1}"
     budget = "unknown (no point composes)" if first is None else (
         f"{first.trainer.max_steps} steps x {first.trainer.global_batch_size} sequences x {first.data.seq_len} tokens = "
         f"{first.trainer.max_steps * first.trainer.global_batch_size * first.data.seq_len:,} tokens per point; "
-        f"data {first.data.path}; seed {first.trainer.seed}")
+        f"data {first.data.path}; {seed_text}")
     return SweepState(name, sweep.description if sweep else "", command, budget, match, points[0].name,
-                      str(sweep_dir), runs)
+                      str(sweep_dir), runs, seeds, [r.name for r in rungs if r is not None])
 
 
-def match_size(run: PointRun, point: Point, configs, match: str, target: int, options: SweepOptions,
+def seeded(run: PointRun, point: str, rung: Optional[str], seeds: int, driver) -> List[PointRun]:
+    """The point's runs: itself with one seed (its folder the point's name), else one per seed, named
+    <point>-seed<s>, with trainer.seed = the composed seed + 0 .. seeds - 1."""
+    run.point, run.rung = point, rung
+    if seeds == 1:
+        return [run]
+    base_seed = run.config["trainer"]["seed"] if run.config is not None else 0
+    out = []
+    for seed in range(base_seed, base_seed + seeds):
+        name = f"{run.name}-seed{seed}"
+        copy = PointRun(name, run.overrides[:-len(driver(""))] + [f"trainer.seed={seed}"] + driver(name), run.status,
+                        run.reason, adjustment=run.adjustment, point=point, seed=seed, rung=rung)
+        if run.config is not None:
+            copy.config = {**run.config, "trainer": {**run.config["trainer"], "seed": seed}, "run_name": name}
+        out.append(copy)
+    return out
+
+
+def match_size(run: PointRun, point: Point, config, match: str, target: int, options: SweepOptions,
                multiple_of: int) -> None:
     """Find the point's knob value whose `match` measure equals the reference's `target` (or fail the point)."""
-    config, knob = configs[point.name], options.knob or point.knob
+    knob = options.knob or point.knob
     if not knob:
         run.fail(f"--match {match} needs a size knob: set knob: in the sweep's YAML (for every point or this one) "
                  f"or pass --knob KEY")

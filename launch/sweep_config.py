@@ -7,7 +7,10 @@ the file and the key. On the command line, a comma list in Hydra's sweep syntax
 every named point runs with every combination of the axes' values.
 
 Points change the architecture, never what makes the comparison fair: the data, the seed and the token
-budget (`PROTECTED`) are the same for every point and belong in the base overrides.
+budget (`PROTECTED`) are the same for every point and belong in the base overrides. Seeds are the sweep's:
+every point runs with `seeds` of them (`--seeds`; trainer.seed, trainer.seed + 1, ...). With `--scaling`
+every point also runs at each size of the sweep's `scaling` ladder (its rungs' overrides; DEFAULT_SCALING
+when the YAML has none).
 
 Mixers and feed-forwards that a preset's tables do not hold are added with a config group option from
 configs/sweep/mixer/ or configs/sweep/ffn/ (`+sweep/mixer@model.mixers.mla=mla`): Hydra merges a group
@@ -31,7 +34,7 @@ SWEEPS_DIR = CONFIGS_DIR / "sweep"
 MATCH_KINDS = ("none", "params", "active", "nonembedding", "flops")
 # Keys only the base overrides may set (same data, seed and token budget), and keys the driver sets.
 PROTECTED = ("data.", "trainer.seed", "trainer.max_steps", "trainer.global_batch_size", "stage")
-DRIVER_KEYS = ("out_dir", "run_name", "logging.wandb.group")
+DRIVER_KEYS = ("out_dir", "run_name", "logging.wandb.group")  # (and trainer.seed, with more than one seed)
 POINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 RESERVED_NAMES = ("logs",)  # folders of the sweep directory that are not run folders
 
@@ -44,13 +47,28 @@ class PointConfig:
 
 
 @dataclass
+class RungConfig:
+    name: str = MISSING  # a suffix of the run folders: letters, digits, _ . -
+    overrides: List[str] = field(default_factory=list)  # what makes the model this size
+
+
+@dataclass
 class SweepConfig:
     description: str = ""
     base: List[str] = field(default_factory=list)  # overrides of every point, before the command line's
     match: str = "none"  # default of --match: none | params | active | nonembedding | flops
     knob: Optional[str] = None  # integer model.* key that --match adjusts, e.g. model.ffns.swiglu.hidden_dim
     multiple_of: int = 8  # the knob's values are multiples of this
+    seeds: int = 3  # default of --seeds: runs per point, to tell a difference from seed noise
+    scaling: List[RungConfig] = field(default_factory=list)  # --scaling's sizes (default: DEFAULT_SCALING)
     points: List[PointConfig] = field(default_factory=list)
+
+
+# --scaling's ladder for the sweeps on the tiny Llama (dim 64): the width from 32 to 128, the SwiGLU at ~2.75 x
+# dim; with --match flops (the default of --scaling where the sweep has a knob) the points of a rung train at
+# the first point's FLOPs.
+DEFAULT_SCALING = [RungConfig(f"d{d}", [f"model.dim={d}", f"model.ffns.swiglu.hidden_dim={f}"])
+                   for d, f in ((32, 88), (64, 176), (96, 264), (128, 352))]
 
 
 @dataclass
@@ -71,9 +89,14 @@ def load_sweep(name: str) -> SweepConfig:
     raw = OmegaConf.load(path)
     if not isinstance(raw, DictConfig):
         raise ValueError(f"{path}: a sweep is a mapping (description, base, match, knob, multiple_of, points)")
-    points = raw.pop("points", [])
+    points, rungs = raw.pop("points", []), raw.pop("scaling", [])
     sweep = typed(SweepConfig, raw, str(path))
     sweep.points = [typed(PointConfig, point, f"{path}: points[{i}]") for i, point in enumerate(points)]
+    sweep.scaling = [typed(RungConfig, rung, f"{path}: scaling[{i}]") for i, rung in enumerate(rungs)]
+    if sweep.seeds < 1:
+        raise ValueError(f"{path}: seeds={sweep.seeds} must be at least 1")
+    for rung in sweep.scaling:
+        check_point(rung.name, rung.overrides, f"{path}: scaling rung {rung.name!r}")
     if sweep.match not in MATCH_KINDS:
         raise ValueError(f"{path}: match={sweep.match!r}; use one of {', '.join(MATCH_KINDS)}")
     for override in parse(sweep.base, f"{path}: base"):

@@ -25,6 +25,15 @@ class PointRun:
     seconds: float = 0.0  # wall time of its attempts
     adjustment: Optional[Dict[str, object]] = None  # --match: launch.match.Adjustment.to_dict()
     config: Optional[Dict[str, object]] = None  # the composed training config (None: it does not compose)
+    point: Optional[str] = None  # the point this run belongs to (None: the run is the point, one seed)
+    seed: Optional[int] = None  # its trainer.seed, when the sweep runs several
+    rung: Optional[str] = None  # its size on the --scaling ladder
+
+    @property
+    def group(self) -> str:
+        """The report row it counts towards: the point, at its rung."""
+        point = self.point or self.name
+        return point if self.rung is None else f"{point}.{self.rung}"
 
     def fail(self, reason: str) -> None:
         self.status, self.reason = "failed", reason
@@ -43,6 +52,8 @@ class SweepState:
     reference: str  # the first point: what --match compares with
     sweep_dir: str
     points: List[PointRun] = field(default_factory=list)
+    seeds: int = 1  # runs per point
+    rungs: List[str] = field(default_factory=list)  # --scaling: the ladder's rung names, smallest first
 
     def save(self) -> None:
         atomic_write(Path(self.sweep_dir) / STATE_FILE, json.dumps(asdict(self), indent=1) + "\n")

@@ -7,6 +7,7 @@ needs to train it under a layout (train/parallel/memory.py: "will it fit").
     python -m train.inspect compare=[gpt2,llama3,qwen3]
     python -m train.inspect compare=[llama3,deepseek_v3,qwen3_next,mamba2,falcon_h1] context=131072
     python -m train.inspect compare=[qwen3_moe,deepseek_v3,kimi_k2,gpt_oss,longcat_flash,qwen3_next] context=4096
+    python -m train.inspect compare=[llama3,llama3_dyt,llama3_hc,gptj_6b,deepseek_v3_mtp] context=4096
 
 The numbers come from train.model.summary.summarize; this file only formats them.
 """
@@ -46,12 +47,17 @@ def rows(s: Summary) -> list[tuple[str, str]]:
     return [
         ("parameters (total)", f"{count(s.params_total)} ({s.params_total:,})"),
         *[(f"  {c.replace('_', ' ')}", count(s.params[c])) for c in COMPONENTS],
+        ("  residual (hyper-conn., scales)", count(s.params.get("residual", 0))),
+        ("MTP modules (training only)", count(s.mtp_params)),
         ("parameters (active per token)", count(s.params_active)),
         ("  routed experts/token (MoE)", " / ".join(f"{k:g}" for k in sorted(set(s.routed_experts_per_token))) or "-"),
         ("matmul parameters N (active)", f"{count(s.matmul_params_active)} of {count(s.matmul_params)}"),
         ("context T", f"{s.context:,}"),
         ("train FLOPs/token (6N + attn)", count(s.flops_per_token)),
         ("  attention scores at T", count(s.attention_flops_per_token)),
+        ("  residual stream mixing", count(s.residual_flops_per_token)),
+        ("  MTP modules", count(s.mtp_flops_per_token)),
+        (f"residual stream bytes/token ({s.dtype})", nbytes(s.residual_stream_bytes_per_token)),
         (f"KV bytes/token/layer ({s.dtype})", " / ".join(nbytes(b) for b in per_layer)),
         ("KV bytes/token (all layers)", nbytes(sum(s.kv_bytes_per_token_per_layer))),
         ("  MHA, same heads (all layers)", nbytes(s.mha_kv_bytes_per_token)),
@@ -87,7 +93,8 @@ def format_table(names: list[str], summaries: list[Summary], memories: list[Memo
             "for softmax attention; linear/SSM mixers add a context-independent recurrent-form term. MoE: a token uses\n"
             "top_k x (1 - rho) routed experts, rho = share of choices taken by zero experts, by default Z / (E + Z).\n"
             "Memory: per device, for training with AdamW under the layout (train/parallel/memory.py); activations\n"
-            "assume attention without T x T scores (Flash/FlexAttention) and are an estimate (+-30%).")
+            "assume attention without T x T scores (Flash/FlexAttention) and are an estimate (+-30%).\n"
+            "Hyper-connections add their stream mixing; MTP modules train (their FLOPs count) but are not in the totals.")
     return "\n".join(lines + [note])
 
 

@@ -14,21 +14,27 @@ import torch
 from train.config import DPOConfig
 from train.dpo_loss import REFERENCE_FREE, dpo_loss, sequence_logps
 from train.loss import IGNORE, cross_entropy_sum
+from train.mtp_loss import mtp_loss
 
 
 class NextToken:
-    """Cross-entropy on the target tokens (IGNORE: prompts, padding), fused with the output projection."""
+    """Cross-entropy on the target tokens (IGNORE: prompts, padding), fused with the output projection. A model
+    with multi-token prediction modules (model.mtp) adds their loss to the auxiliary one (a mean per
+    micro-batch, as the MoE losses) and reports it as `mtp_loss`; the loss itself stays the next-token one."""
 
     def __init__(self, chunk_tokens: int):
         self.chunk_tokens = chunk_tokens
 
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-        hidden_ND = model.hidden_states(batch["inputs"], batch.get("doc_ids")).flatten(0, 1)
-        targets_N = batch["targets"].reshape(-1)
+        hidden_BTD = model.hidden_states(batch["inputs"], batch.get("doc_ids"))
+        hidden_ND, targets_N = hidden_BTD.flatten(0, 1), batch["targets"].reshape(-1)
         if "target_positions" in batch:  # SFT: only the positions with a target reach the output projection
             hidden_ND, targets_N = hidden_ND[batch["target_positions"]], targets_N[batch["target_positions"]]
         loss = cross_entropy_sum(hidden_ND, model.output_weight(), targets_N, self.chunk_tokens, model.config.final_softcap)
-        return loss, model.aux_loss(), {}
+        if model.config.mtp.depth == 0:
+            return loss, model.aux_loss(), {}
+        weighted, summed = mtp_loss(model, hidden_BTD, batch, self.chunk_tokens)
+        return loss, model.aux_loss() + weighted, {"mtp_loss": summed}
 
 
 def response_logps(model, batch, chunk_tokens: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ def fake_run(run_dir, config: dict, losses, finished=True):
 
 
 def test_report_from_run_folders(tmp_path):
-    args, items = parse_args(["sweep=ffn", "--match=params", "--out", str(tmp_path)])
+    args, items = parse_args(["sweep=ffn", "--match=params", "--seeds=1", "--out", str(tmp_path)])
     state = plan(args, items, "python -m launch.sweep sweep=ffn --match=params")
     configs = {p.name: p.config for p in state.points}
     fake_run(tmp_path / "swiglu", configs["swiglu"], [6.0, 5.5, 5.2, 5.0])

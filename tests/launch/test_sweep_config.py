@@ -14,8 +14,8 @@ from train.model.summary import summarize
 
 
 def planned(*argv):
-    """The planned sweep state as sweep.json holds it."""
-    args, items = parse_args(list(argv))
+    """The planned sweep state as sweep.json holds it (one seed a point unless argv says otherwise)."""
+    args, items = parse_args(["--seeds=1", *argv])
     return asdict(plan(args, items, "test"))
 
 
@@ -102,7 +102,7 @@ def test_axes_alone_make_a_sweep_named_after_them(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sweep=nope"], "sweep=nope: there is no .*nope.yaml; available: attention"),
+    (["sweep=nope"], "sweep=nope: there is no .*nope.yaml; available: activation, attention"),
     (["sweep=attention", "--points=mha,bogus"], "--points bogus: not in the sweep"),
     (["sweep=attention", "run_name=x"], "the sweep sets run_name"),
     (["sweep=attention", "trainer.max_steps=10,20"], "sets trainer.max_steps: every point trains on the same data"),

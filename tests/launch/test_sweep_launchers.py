@@ -54,7 +54,7 @@ def points(out):
 def test_slurm_submits_one_job_per_point_then_not_again(tmp_path, monkeypatch, capsys):
     fake = FakeSubmit()
     monkeypatch.setattr(sweep.subprocess, "run", fake)
-    argv = ["sweep=attention", "--points=mha,mqa", "--launcher=slurm", "--cluster=lab", "--nodes=2",
+    argv = ["sweep=attention", "--points=mha,mqa", "--seeds=1", "--launcher=slurm", "--cluster=lab", "--nodes=2",
             "--out", str(tmp_path), "trainer.max_steps=50"]
     assert sweep.main(argv) == 0
     planned = points(tmp_path)
@@ -78,7 +78,7 @@ def test_slurm_submits_one_job_per_point_then_not_again(tmp_path, monkeypatch, c
 def test_slurm_dry_run_and_failed_submission(tmp_path, monkeypatch):
     fake = FakeSubmit()
     monkeypatch.setattr(sweep.subprocess, "run", fake)
-    base = ["sweep=attention", "--points=gqa", "--launcher=slurm", "--cluster=lab", "--out", str(tmp_path)]
+    base = ["sweep=attention", "--points=gqa", "--seeds=1", "--launcher=slurm", "--cluster=lab", "--out", str(tmp_path)]
     assert sweep.main(base + ["--dry-run"]) == 0
     assert fake.commands[0][-3:] == ["cluster=lab", f"cluster.log_dir={tmp_path / 'slurm'}", "--dry-run"]
     assert not (tmp_path / "sweep.json").exists()
@@ -107,7 +107,7 @@ def test_a_failed_attempt_is_retried_and_resumes(tmp_path, monkeypatch):
         return 0, ""
 
     monkeypatch.setattr(sweep, "tee", fake_tee)
-    assert sweep.main(["sweep=heads", "--points=h2x32", "--nproc=3", "--retries=2", "--out", str(tmp_path)]) == 0
+    assert sweep.main(["sweep=heads", "--points=h2x32", "--seeds=1", "--nproc=3", "--retries=2", "--out", str(tmp_path)]) == 0
     assert len(calls) == 2 and calls[0][calls[0].index("--nproc-per-node") + 1] == "3"
     assert calls[0][calls[0].index("-m", 3):][:2] == ["-m", "train"] and calls[0][-1] == "logging.wandb.group=heads"
     point = points(tmp_path)[0]

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def sweep(out, data, *args, nproc=2):
-    command = [sys.executable, "-m", "launch.sweep", "--out", str(out), "--nproc", str(nproc), f"data.path={data}",
-               *TINY, *args]
+    command = [sys.executable, "-m", "launch.sweep", "--out", str(out), "--nproc", str(nproc), "--seeds=1",
+               f"data.path={data}", *TINY, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
@@ -63,3 +63,33 @@ def test_failed_point_is_reported_and_rerun_skips_finished(tmp_path, prepared_da
     assert (tmp_path / "logs" / f"{bad}.log").read_text().startswith(logs[bad])  # the failed one is tried again
     rows = check_report(tmp_path, [good])
     assert rows[bad]["status"] == "failed" and rows[bad]["attempts"] == 1
+
+
+def test_two_seed_sweep_reports_means_and_intervals_of_its_runs(tmp_path, prepared_data):
+    """~60 s here: 2 points x 2 seeds of 4 steps on one process each."""
+    import math
+    import statistics
+
+    short = [a for a in TINY if not a.startswith(("trainer.max_steps", "trainer.log_every", "trainer.val_every"))]
+    command = [sys.executable, "-m", "launch.sweep", "--out", str(tmp_path), "--nproc", "1", "sweep=norm",
+               "--points=pre_rms,dyt", "--seeds", "2", f"data.path={prepared_data}", *short, "trainer.max_steps=4",
+               "trainer.log_every=2", "trainer.val_every=2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [r["point"] for r in report["runs"]] == ["pre_rms-seed0", "pre_rms-seed1", "dyt-seed0", "dyt-seed1"]
+    rows = {row["point"]: row for row in report["rows"]}
+    for point in ("pre_rms", "dyt"):
+        finals = []
+        for seed in (0, 1):
+            records = [json.loads(line) for line in (tmp_path / f"{point}-seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+            finals.append([r["val_loss"] for r in records if "val_loss" in r][-1])
+        assert finals[0] != finals[1]  # the seeds really differ
+        mean, sd = statistics.fmean(finals), statistics.stdev(finals)
+        half = 12.706204736174705 * sd / math.sqrt(2)  # t_{0.975} with 1 degree of freedom
+        row = rows[point]
+        assert row["status"] == "finished" and row["val_losses"] == finals
+        assert row["final_val_loss"] == pytest.approx(mean, rel=1e-12) and row["val_loss_sd"] == pytest.approx(sd)
+        assert row["val_loss_ci95"] == pytest.approx([mean - half, mean + half])
+    assert rows["pre_rms"]["verdict"] == "reference" and rows["dyt"]["verdict"] in ("better", "worse", "indistinguishable")
+    assert "| dyt | finished |" in (tmp_path / "report.md").read_text()

@@ -201,7 +201,7 @@ def test_lost_node_requeues_the_job_which_completes_from_the_last_checkpoint(slu
 
 
 def test_sweep_points_run_as_slurm_jobs_and_report(slurm_cluster, tmp_path, prepared_data):
-    sweep = [sys.executable, "-m", "launch.sweep", "sweep=attention", "--points", "mha,mqa", "--launcher", "slurm",
+    sweep = [sys.executable, "-m", "launch.sweep", "sweep=attention", "--points", "mha,mqa", "--seeds", "1", "--launcher", "slurm",
              "--cluster", "local_test", "--out", str(tmp_path / "sweep"), f"data.path={prepared_data}",
              "data.seq_len=64", "trainer.max_steps=6", "trainer.micro_batch_size=2"]
     submitted = subprocess.run(sweep, capture_output=True, text=True, env=slurm_cluster, cwd=REPO, timeout=120)

@@ -65,10 +65,11 @@ class PositionConfig:
 
 @dataclass
 class NormConfig:
-    kind: str = "rmsnorm"  # rmsnorm | layernorm
+    kind: str = "rmsnorm"  # rmsnorm | layernorm | dyt (Dynamic Tanh: weight * tanh(alpha x) + bias, arXiv 2503.10622)
     eps: float = 1e-5
-    bias: bool = False  # layernorm only
+    bias: bool = False  # layernorm only (dyt always has its bias)
     unit_offset: bool = False  # rmsnorm scales by (1 + weight), weight initialised to 0 (Gemma, Qwen3-Next)
+    dyt_alpha: float = 0.5  # dyt: initial value of the learned scalar alpha (the paper's alpha_0)
 
 
 @dataclass
@@ -226,9 +227,50 @@ class MoEConfig:
 class FFNConfig:
     kind: str = "glu"  # mlp | glu | moe | none (no feed-forward sublayer: Mamba2 blocks are norm + mixer only)
     hidden_dim: int = 1024
-    activation: str = "silu"  # glu+silu = SwiGLU, glu+gelu = GEGLU, glu+relu = ReGLU, glu+sigmoid = GLU
+    # gelu (erf) | gelu_tanh | silu | relu | relu2 (squared ReLU) | sigmoid; glu+silu = SwiGLU, glu+gelu = GEGLU,
+    # glu+relu = ReGLU, glu+sigmoid = GLU; the routed experts of kind moe are GLUs with this activation
+    activation: str = "silu"
     bias: bool = False
     moe: Optional[MoEConfig] = None  # kind == moe
+
+
+@dataclass
+class HyperConnectionConfig:
+    """Several residual streams with learned mixing (train/model/residual/hyper_connections.py,
+    manifold_hyper_connections.py). static / dynamic: Hyper-Connections (Zhu et al. 2024, arXiv 2409.19606);
+    manifold: mHC, the mixing projected onto doubly stochastic matrices (Xie et al. 2025, arXiv 2512.24880,
+    as DeepSeek-V4 runs it)."""
+
+    kind: str = "none"  # none | static | dynamic | manifold
+    streams: int = 4  # n: residual streams (the paper's expansion rate)
+    sinkhorn_iters: int = 20  # manifold: Sinkhorn-Knopp iterations
+    eps: float = 1e-6  # manifold: added to the weights and the Sinkhorn denominators
+
+
+@dataclass
+class ResidualConfig:
+    """How the sublayers meet the residual stream (train/model/residual/)."""
+
+    # sequential: mixer, then feed-forward; parallel: both read the same input and add to it (GPT-J, PaLM)
+    arrangement: str = "sequential"  # sequential | parallel
+    parallel_shared_norm: bool = True  # parallel: one norm feeds both (GPT-J, PaLM); False: one each (GPT-NeoX)
+    hyper_connections: HyperConnectionConfig = field(default_factory=HyperConnectionConfig)
+    # ResFormer (arXiv 2410.17897): every softmax attention layer after the first mixes the first one's values in
+    value_residual: bool = False
+    # what multiplies each sublayer's output before it joins the residual: layerscale = a learned per-channel
+    # vector (CaiT, arXiv 2103.17239); depth = the constant 1 / sqrt(2 * num_layers) (depth-muP, arXiv 2310.02244)
+    branch_scale: str = "none"  # none | layerscale | depth
+    layerscale_init: float = 0.1  # layerscale: initial value of every channel
+
+
+@dataclass
+class MTPConfig:
+    """DeepSeek-V3 multi-token prediction (arXiv 2412.19437 sec. 2.2; train/model/mtp.py): `depth` sequential
+    modules, module k predicting token t+k+1 with the shared embedding and output head. Trained beside the
+    next-token loss, never run at inference."""
+
+    depth: int = 0  # D: 0 = none (DeepSeek-V3: 1)
+    loss_weight: float = 0.3  # lambda: the MTP loss is lambda / D * the sum of the modules' mean losses
 
 
 @dataclass
@@ -244,7 +286,10 @@ class ModelConfig:
     #   pre            x + f(norm(x))                    (GPT-2, Llama): mixer_norm, ffn_norm
     #   sandwich       x + post_norm(f(norm(x)))         (Gemma 2/3, arXiv 2408.00118 sec. 2): adds mixer_post_norm, ffn_post_norm
     #   post_sublayer  x + post_norm(f(x))               (OLMo 2, arXiv 2501.00656 sec. 3.3.1): mixer_post_norm, ffn_post_norm only
-    norm_placement: str = "pre"  # pre | sandwich | post_sublayer
+    #   post           post_norm(x + f(x))               (the original Transformer, arXiv 1706.03762): the same two
+    # (sandwich is also Peri-LN, arXiv 2502.02732)
+    norm_placement: str = "pre"  # pre | sandwich | post_sublayer | post
+    layer_norm_placements: List[str] = field(default_factory=list)  # per layer, cycled; empty: norm_placement everywhere
     # token embeddings times this, cast to their dtype first as transformers does (Gemma: sqrt(dim)); None = 1
     embedding_scale: Optional[float] = None
     # output logits = final_softcap * tanh(logits / final_softcap) (Gemma 2, arXiv 2408.00118 sec. 2); the
@@ -252,6 +297,8 @@ class ModelConfig:
     final_softcap: Optional[float] = None
     norm: NormConfig = field(default_factory=NormConfig)
     position: PositionConfig = field(default_factory=PositionConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    mtp: MTPConfig = field(default_factory=MTPConfig)
     mixers: Dict[str, MixerConfig] = field(default_factory=dict)
     ffns: Dict[str, FFNConfig] = field(default_factory=dict)
     layer_mixers: List[str] = field(default_factory=list)
@@ -274,6 +321,10 @@ class ModelConfig:
         """Mixer + feed-forward pairs: num_layers, or two per layer with a shortcut MoE."""
         return self.num_layers * (2 if self.shortcut_moe else 1)
 
+    def layer_norm_placement(self, layer: int) -> str:
+        placements = self.layer_norm_placements or [self.norm_placement]
+        return placements[layer % len(placements)]
+
     def layer_mixer(self, layer: int) -> MixerConfig:
         return self.mixers[self.layer_mixers[layer % len(self.layer_mixers)]]
 
@@ -286,7 +337,11 @@ MIXER_SECTIONS = {"softmax_attention": "attention", "mla": "mla", "linear_attent
                   "gated_deltanet": "gated_deltanet", "mamba2": "mamba2", "parallel_hybrid": "parallel_hybrid"}
 FFN_SECTIONS = {"moe": "moe"}
 LINEAR_KERNELS = ("auto", "torch")  # the values of model.linear_kernels
-NORM_PLACEMENTS = ("pre", "sandwich", "post_sublayer")  # the values of model.norm_placement
+NORM_PLACEMENTS = ("pre", "sandwich", "post_sublayer", "post")  # the values of model.norm_placement
+NORM_KINDS = ("rmsnorm", "layernorm", "dyt")
+ARRANGEMENTS = ("sequential", "parallel")
+HYPER_CONNECTIONS = ("none", "static", "dynamic", "manifold")
+BRANCH_SCALES = ("none", "layerscale", "depth")
 QK_NORM_OVER = ("head", "all")  # the values of attention.qk_norm_over
 
 
@@ -296,11 +351,15 @@ def check_model_config(config: ModelConfig) -> None:
     if config.linear_kernels not in LINEAR_KERNELS:
         raise ValueError(f"model.linear_kernels={config.linear_kernels!r} is not one of {LINEAR_KERNELS}; set auto "
                          "(the fla / mamba_ssm / causal_conv1d kernels on CUDA where installed) or torch (always PyTorch)")
-    if config.norm_placement not in NORM_PLACEMENTS:
-        raise ValueError(f"model.norm_placement={config.norm_placement!r} is not one of {NORM_PLACEMENTS}")
-    if config.norm_placement != "pre" and config.shortcut_moe is not None:
-        raise ValueError(f"model.shortcut_moe needs model.norm_placement=pre (the MoE reads the pre-normed FFN "
-                         f"input), got {config.norm_placement!r}")
+    for key, value in (("norm_placement", config.norm_placement), *(("layer_norm_placements", v) for v in config.layer_norm_placements)):
+        if value not in NORM_PLACEMENTS:
+            raise ValueError(f"model.{key}: {value!r} is not one of {NORM_PLACEMENTS}")
+    for key, value, allowed in (("norm.kind", config.norm.kind, NORM_KINDS),
+                                ("residual.arrangement", config.residual.arrangement, ARRANGEMENTS),
+                                ("residual.hyper_connections.kind", config.residual.hyper_connections.kind, HYPER_CONNECTIONS),
+                                ("residual.branch_scale", config.residual.branch_scale, BRANCH_SCALES)):
+        if value not in allowed:
+            raise ValueError(f"model.{key}={value!r} is not one of {allowed}")
     if config.shortcut_moe is not None and config.ffns.get(config.shortcut_moe, None) is None:
         raise ValueError(f"model.shortcut_moe={config.shortcut_moe!r} is not in model.ffns {sorted(config.ffns)}")
     for pattern, table in (("layer_mixers", "mixers"), ("layer_ffns", "ffns")):
@@ -316,6 +375,31 @@ def check_model_config(config: ModelConfig) -> None:
             if section is not None and getattr(entry, section) is None:
                 raise ValueError(f"model.{table}.{name} has kind {entry.kind} but no `{section}:` section; "
                                  f"set model.{table}.{name}.{section}")
+    check_residual(config)  # after the tables: it reads the layers' mixers
+
+
+def check_residual(config: ModelConfig) -> None:
+    """The residual options that do not combine, each refused with the key to change."""
+    r, hc = config.residual, config.residual.hyper_connections
+    placements = {config.layer_norm_placement(i) for i in range(config.num_sublayers())}
+    default = ResidualConfig()
+    if config.shortcut_moe is not None and (placements != {"pre"} or r != default or config.mtp.depth):
+        raise ValueError("model.shortcut_moe needs model.norm_placement=pre (the MoE reads the pre-normed FFN input), "
+                         "the default model.residual and no model.mtp")
+    if hc.kind != "none" and "post" in placements:
+        raise ValueError("model.residual.hyper_connections needs a norm placement other than post (the streams are "
+                         "not one sum to normalise); set model.norm_placement=pre")
+    if hc.kind != "none" and hc.streams < 1:
+        raise ValueError(f"model.residual.hyper_connections.streams={hc.streams} must be at least 1")
+    kinds = [config.layer_mixer(i).kind for i in range(config.num_layers)]
+    if r.value_residual and ("softmax_attention" not in kinds or "parallel_hybrid" in kinds):
+        raise ValueError("model.residual.value_residual mixes the values of softmax_attention layers: it needs at least "
+                         "one and no parallel_hybrid mixer")
+    if config.mtp.depth < 0:
+        raise ValueError(f"model.mtp.depth={config.mtp.depth} must be 0 (none) or more")
+    if config.mtp.depth and (hc.kind != "none" or r.value_residual):
+        raise ValueError("model.mtp runs plain blocks on one stream: it does not combine with "
+                         "model.residual.hyper_connections or model.residual.value_residual")
 
 
 @dataclass

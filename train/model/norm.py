@@ -1,4 +1,6 @@
-"""LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019), both computed in fp32.
+"""LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019), both computed in fp32, and Dynamic
+Tanh (DyT, Zhu, Chen, He, LeCun & Liu 2025, "Transformers without Normalization", arXiv 2503.10622), the
+element-wise weight * tanh(alpha * x) + bias with a learned scalar alpha that replaces them.
 
 Normalising in fp32 and casting back before the weight follows the Llama/HF reference, so bf16
 activations lose no precision in the variance. `unit_offset` RMSNorm scales by (1 + weight) with the
@@ -59,6 +61,27 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), bias, self.eps).type_as(x)
 
 
+class DynamicTanh(nn.Module):
+    """DyT(x) = weight * tanh(alpha * x) + bias (arXiv 2503.10622 Algorithm 1): alpha one learned scalar,
+    initialised to alpha_0 (`norm.dyt_alpha`), weight to ones, bias to zeros; no statistics over the channels."""
+
+    def __init__(self, dim: int, alpha_init: float):
+        super().__init__()
+        self.alpha_init = alpha_init
+        self.alpha = nn.Parameter(torch.full((1,), alpha_init))
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def reset_extra_parameters(self) -> None:
+        nn.init.constant_(self.alpha, self.alpha_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(self.alpha.float() * x.float()) * self.weight.float() + self.bias.float()).type_as(x)
+
+
+NORMS = (RMSNorm, LayerNorm, GatedRMSNorm, DynamicTanh)  # what init_weights and the inspector treat as norms
+
+
 def build_norm(config: NormConfig, dim: int) -> nn.Module:
     if config.kind == "rmsnorm":
         return RMSNorm(dim, config.eps, config.unit_offset)
@@ -66,4 +89,6 @@ def build_norm(config: NormConfig, dim: int) -> nn.Module:
         if config.unit_offset:
             raise ValueError("norm.unit_offset is only supported with norm.kind=rmsnorm")
         return LayerNorm(dim, config.eps, config.bias)
-    raise ValueError(f"norm.kind={config.kind!r} is not supported; use rmsnorm or layernorm")
+    if config.kind == "dyt":
+        return DynamicTanh(dim, config.dyt_alpha)
+    raise ValueError(f"norm.kind={config.kind!r} is not supported; use rmsnorm, layernorm or dyt")

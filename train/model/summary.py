@@ -18,6 +18,15 @@ per MoE layer, where k_routed = top_k * (1 - rho) and rho is the fraction of cho
 zero-computation experts (they cost no FLOPs). rho is not fixed by the architecture: by default it is
 Z / (E + Z), the share a perfectly balanced router gives the Z zero experts among E + Z (what the
 aux-free bias steers towards); pass `zero_fraction` (e.g. measured with moe_metrics) to override.
+
+Residual-stream operators and multi-token prediction (train/model/residual/, train/model/mtp.py) count as
+their own components, `residual` and `mtp`, present only when the model has them. Hyper-connections'
+projections (dynamic HC's W, mHC's fn) are matmul weights; their stream mixing adds
+`residual_flops_per_token` (multiply-adds of the mixing, x2 x3 for forward + backward) and widens the
+residual stream a token carries between layers to n x dim (`residual_stream_bytes_per_token`).
+Training FLOPs count the MTP modules (their weights, the shared output head once more per module and their
+attention scores; `mtp_flops_per_token`); the parameter totals, the active parameters and the KV cache
+are the inference model's, which never runs them (DeepSeek-V3's 671B excludes its MTP module).
 """
 
 from dataclasses import dataclass, field
@@ -28,11 +37,18 @@ from torch import nn
 from train.model.block import Block
 from train.model.config import ModelConfig
 from train.model.moe.layer import MoE
-from train.model.norm import GatedRMSNorm, LayerNorm, RMSNorm
+from train.model.norm import NORMS
+from train.model.residual import StreamSum
+from train.model.residual.branch_scale import LayerScale
+from train.model.residual.hyper_connections import HyperConnection
+from train.model.residual.manifold_hyper_connections import ManifoldHyperConnection, ManifoldHyperHead
+from train.model.residual.value_residual import ValueResidual
 from train.model.transformer import Transformer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
 COMPONENTS = ("embeddings", "mixers", "feed_forward", "norms", "output_head")
+EXTRA_COMPONENTS = ("residual", "mtp")  # in `params` only when the model has them
+RESIDUAL_MODULES = (HyperConnection, ManifoldHyperConnection, ManifoldHyperHead, LayerScale, ValueResidual)
 
 
 @dataclass
@@ -51,14 +67,23 @@ class Summary:
     state_bytes_per_layer: list[int] = field(default_factory=list)  # fixed-size state, each layer (linear mixers)
     kv_bytes_total: int = 0  # cache of one sequence of `context` tokens, all layers, state included
     mha_kv_bytes_per_token: int = 0  # an MHA cache with the same heads and head dims, all layers
+    residual_flops_per_token: int = 0  # training FLOPs of hyper-connections' stream mixing (part of flops_per_token)
+    residual_stream_bytes_per_token: int = 0  # the residual stream between two layers: streams x dim x dtype
+    mtp_params: int = 0  # the MTP modules' own parameters (embedding and head shared), not in params_total
+    mtp_flops_per_token: int = 0  # training FLOPs of the MTP modules (part of flops_per_token)
 
 
 def _component(model: Transformer, module_name: str) -> str:
+    module = model.get_submodule(module_name)
+    if module_name.startswith("mtp."):
+        return "mtp"
     if module_name.startswith(("embed", "position")):
         return "embeddings"
     if module_name.startswith("output"):
         return "output_head"
-    if isinstance(model.get_submodule(module_name), (RMSNorm, LayerNorm, GatedRMSNorm)):
+    if isinstance(module, RESIDUAL_MODULES) or ".mixer_connection." in module_name or ".ffn_connection." in module_name:
+        return "residual"  # (the dynamic hyper-connections' own norms too)
+    if isinstance(module, NORMS):
         return "norms"
     return "mixers" if ".mixer." in f"{module_name}." else "feed_forward"
 
@@ -67,8 +92,29 @@ def count_params(model: Transformer) -> dict[str, int]:
     counts = dict.fromkeys(COMPONENTS, 0)
     for module_name, module in model.named_modules():
         for param in module.parameters(recurse=False):
-            counts[_component(model, module_name)] += param.numel()
+            component = _component(model, module_name)
+            counts[component] = counts.get(component, 0) + param.numel()
     return counts
+
+
+def hyper_connection_numbers(model: Transformer) -> tuple[int, int]:
+    """(matmul weights of the hyper-connections' projections, training FLOPs per token of their stream mixing:
+    3 x 2 x multiply-adds). HC: A^T H [(n+1) n D] and B y [n D]; mHC: pre H [n D], comb^T H [n n D], post y [n D]."""
+    matmul = mixing = 0
+    for m in model.modules():
+        n, D = model.config.residual.hyper_connections.streams, model.config.dim
+        if isinstance(m, HyperConnection):
+            matmul += 0 if m.norm is None else m.dynamic_alpha_fn.numel() + m.dynamic_beta_fn.numel()
+            mixing += (n + 1) * n * D + n * D
+        elif isinstance(m, ManifoldHyperConnection):
+            matmul += m.fn.numel()
+            mixing += (n * n + 2 * n) * D
+        elif isinstance(m, ManifoldHyperHead):
+            matmul += m.hc_fn.numel()
+            mixing += n * D
+        elif isinstance(m, StreamSum):
+            mixing += n * D
+    return matmul, 6 * mixing
 
 
 def summarize(config: ModelConfig, context: int | None = None, dtype: str = "bf16", zero_fraction: float | None = None) -> Summary:
@@ -80,11 +126,16 @@ def summarize(config: ModelConfig, context: int | None = None, dtype: str = "bf1
     with torch.device("meta"):
         model = Transformer(config)
     params = count_params(model)
-    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    mtp_params = params.get("mtp", 0)
+    linears = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and not name.startswith("mtp.")]
+    hc_matmul, residual_flops = hyper_connection_numbers(model)
+    matmul = sum(m.weight.numel() for m in linears) + hc_matmul
     if model.output is None:  # tied: the embedding table is also the output matmul
         matmul += model.embed.weight.numel()
-    total, active, matmul_active, routed = sum(params.values()), sum(params.values()), matmul, []
-    for moe in (m for m in model.modules() if isinstance(m, MoE)):
+    total = active = sum(params.values()) - mtp_params
+    matmul_active, routed = matmul, []
+    main_moe = [m for name, m in model.named_modules() if isinstance(m, MoE) and not name.startswith("mtp.")]
+    for moe in main_moe:
         E, Z = moe.num_experts, moe.num_zero_experts
         rho = Z / (E + Z) if zero_fraction is None else zero_fraction
         k_routed = moe.top_k * (1 - rho)
@@ -95,8 +146,9 @@ def summarize(config: ModelConfig, context: int | None = None, dtype: str = "bf1
         matmul_active += round(weights * k_routed)
         active -= round(expert_params * (E - k_routed))
         routed.append(k_routed)
-    mixers = [block.mixer for block in model.modules() if isinstance(block, Block)]
+    mixers = [block.mixer for block in model.layers.modules() if isinstance(block, Block)]
     attention_flops = sum(m.score_flops_per_token(context) for m in mixers)
+    mtp_flops = 0 if model.mtp is None else mtp_training_flops(model, context, zero_fraction)
     return Summary(
         context=context,
         dtype=dtype,
@@ -106,10 +158,31 @@ def summarize(config: ModelConfig, context: int | None = None, dtype: str = "bf1
         matmul_params=matmul,
         matmul_params_active=matmul_active,
         routed_experts_per_token=routed,
-        flops_per_token=6 * matmul_active + attention_flops,
+        flops_per_token=6 * matmul_active + attention_flops + residual_flops + mtp_flops,
         attention_flops_per_token=attention_flops,
         kv_bytes_per_token_per_layer=[m.cache_bytes(1, DTYPES[dtype]) - m.state_bytes(DTYPES[dtype]) for m in mixers],
         state_bytes_per_layer=[m.state_bytes(DTYPES[dtype]) for m in mixers],
         kv_bytes_total=sum(m.cache_bytes(context, DTYPES[dtype]) for m in mixers),
         mha_kv_bytes_per_token=sum(m.mha_cache_bytes(1, DTYPES[dtype]) for m in mixers),
+        residual_flops_per_token=residual_flops,
+        residual_stream_bytes_per_token=(config.residual.hyper_connections.streams if model.stream_head is not None else 1)
+        * config.dim * DTYPES[dtype].itemsize,
+        mtp_params=mtp_params,
+        mtp_flops_per_token=mtp_flops,
     )
+
+
+def mtp_training_flops(model: Transformer, context: int, zero_fraction: float | None) -> int:
+    """6 x (the MTP modules' matmul weights a token goes through + the shared output head once per module)
+    + their attention scores at `context`; routed experts counted as in the main model."""
+    matmul = 0
+    for module in model.mtp:
+        matmul += sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+        matmul += model.output_weight().numel()
+        for moe in (m for m in module.modules() if isinstance(m, MoE)):
+            E, Z = moe.num_experts, moe.num_zero_experts
+            rho = Z / (E + Z) if zero_fraction is None else zero_fraction
+            ex = moe.experts
+            matmul += round(sum(w.numel() for w in (ex.w1_EFD, ex.w3_EFD, ex.w2_EDF)) // E * moe.top_k * (1 - rho))
+    scores = sum(b.mixer.score_flops_per_token(context) for b in model.mtp.modules() if isinstance(b, Block))
+    return 6 * matmul + scores

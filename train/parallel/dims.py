@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from train.config import ParallelConfig
-from train.model.config import ModelConfig
+from train.model.config import ModelConfig, ResidualConfig
 from train.parallel.context import context_parallel_problems
 from train.parallel.tensor import tensor_parallel_problems
 from train.parallel.world import World
@@ -117,6 +117,11 @@ class ParallelDims:
         if stage == "dpo" and self.tp * self.cp > 1:
             raise ValueError(f"stage=dpo with parallel.tp={self.tp}, parallel.cp={self.cp}: tensor and context "
                              "parallelism cover the next-token stages (pretrain, midtrain, sft); use tp=cp=1 for DPO")
+        if self.tp * self.cp > 1:  # the TP plans and CP shards know the standard block and one-token targets
+            if model.mtp.depth or model.residual != ResidualConfig():
+                raise ValueError(f"model.mtp and model.residual (hyper-connections, parallel blocks, value residual, "
+                                 f"branch scales) are not supported with parallel.tp={self.tp}, parallel.cp={self.cp} "
+                                 "yet; use tp=cp=1 for them")
         if self.ep > 1:
             experts = [f.moe.num_experts for name, f in model.ffns.items() if f.kind == "moe"
                        and (name in model.layer_ffns or name == model.shortcut_moe)]

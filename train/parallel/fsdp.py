@@ -67,13 +67,16 @@ def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) ->
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[config.param_dtype], reduce_dtype=DTYPES[config.reduce_dtype])
     if dims.ep > 1:  # before the blocks are sharded: the experts are their own FSDP units over edp
         shard_experts(model, dims, mp_policy=policy)
-    for block in model.layers:
+    mtp_blocks = [module.block for module in model.mtp] if model.mtp is not None else []
+    for block in [*model.layers, *mtp_blocks]:
         fully_shard(block, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
     # The loss calls model.hidden_states() and then reads model.output_weight() (train/loss.py fuses
     # the output projection into the cross-entropy), so hidden_states is an FSDP forward too, and the
     # root's parameters (embeddings, final norm, output head) stay gathered until backward.
     fully_shard(model, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=False)
     register_fsdp_forward_method(model, "hidden_states")
+    if model.mtp is not None:  # the MTP loss runs the MTP modules on hidden_states' output (train/mtp_loss.py)
+        register_fsdp_forward_method(model, "mtp_hidden_states")
     return model
 
 

@@ -59,7 +59,10 @@ def adapter_of(directory: Path):
     """The adapter for a Hugging Face folder and the ModelConfig its config.json alone gives (nothing is built)."""
     hf = json.loads((Path(directory) / "config.json").read_text())
     adapter = adapter_for_hf(hf, str(Path(directory) / "config.json"))
-    return adapter, to_model_config(adapter.config_from_hf(hf))
+    config = to_model_config(adapter.config_from_hf(hf))
+    if hasattr(adapter, "config_for_weights"):  # what config.json alone does not tell (DeepSeek-V3's MTP weights)
+        config = adapter.config_for_weights(config, weight_files(directory))
+    return adapter, config
 
 
 def hf_model_config(directory: Path) -> ModelConfig:
@@ -115,7 +118,8 @@ def _architecture(config: ModelConfig) -> dict:
     return {k: v for k, v in _flatten(arch).items() if not k.endswith(TRAINING_ONLY)}
 
 
-TRAINING_ONLY = (".chunk_size", ".grouped_mm", ".aux_loss_coef", ".aux_loss_kind", ".z_loss_coef", ".bias_update_speed")
+TRAINING_ONLY = (".chunk_size", ".grouped_mm", ".aux_loss_coef", ".aux_loss_kind", ".z_loss_coef", ".bias_update_speed",
+                 ".loss_weight")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

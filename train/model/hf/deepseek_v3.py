@@ -4,7 +4,14 @@ architecture): multi-head latent attention in every layer, dense SwiGLU in the f
 (`n_group`, `topk_group`), renormalised and scaled (`routed_scaling_factor`) weights, the
 auxiliary-loss-free `e_score_correction_bias`, `n_routed_experts` routed experts and
 `n_shared_experts` always-on experts (one GLU of n_shared_experts * moe_intermediate_size). Weight
-names are the same as transformers' (our MLA module uses DeepSeek's names)."""
+names are the same as transformers' (our MLA module uses DeepSeek's names).
+
+Multi-token prediction (`model.mtp`): DeepSeek's checkpoints hold MTP module k as model.layers.{61 + k}
+(enorm, hnorm, eh_proj, shared_head.norm and a decoder layer, plus copies of the embedding and head, which
+are shared here and skipped). transformers' DeepseekV3ForCausalLM has no MTP modules (it ignores those
+weights on load); its MtpModel (modeling_layers.py, `generate(use_mtp=True)`) reads them from the same
+names, counted by num_nextn_predict_layers. Export writes them there; import reads them when the folder
+has them (transformers' own save_pretrained writes none, though its config counts one)."""
 
 from train.model.hf import llama
 from train.model.hf.moe import expert_rules, glu_rules, layer_pattern, moe_config
@@ -26,7 +33,19 @@ WEIGHTS = [
     Rule(("final_norm.weight",), "model.norm.weight"),
     Rule(("output.weight",), "lm_head.weight"),
 ]
-IGNORED = llama.IGNORED
+LAYER_WEIGHTS = [rule for rule in WEIGHTS if rule.ours[0].startswith("layers.{i}.")]
+MTP_WEIGHTS = [  # module m is HF layer n = num_layers + m: its own norms and projection, then a decoder layer
+    Rule(("mtp.{m}.enorm.weight",), "model.layers.{n}.enorm.weight"),
+    Rule(("mtp.{m}.hnorm.weight",), "model.layers.{n}.hnorm.weight"),
+    Rule(("mtp.{m}.eh_proj.weight",), "model.layers.{n}.eh_proj.weight"),
+    Rule(("mtp.{m}.head_norm.weight",), "model.layers.{n}.shared_head.norm.weight"),
+    *[Rule(tuple(o.replace("layers.{i}.", "mtp.{m}.block.") for o in rule.ours),
+           rule.hf.replace("model.layers.{i}.", "model.layers.{n}."), rule.transpose, rule.interleave)
+      for rule in LAYER_WEIGHTS],
+]
+WEIGHTS = WEIGHTS + MTP_WEIGHTS
+# the MTP layers' copies of the shared embedding and output head
+IGNORED = llama.IGNORED + (r"^model\.layers\.\d+\.(embed_tokens|shared_head\.head)\.weight$",)
 
 LATENT_NORM_EPS = 1e-6  # transformers' DeepseekV3Attention builds q_a/kv_a_layernorm with the default eps
 
@@ -65,7 +84,18 @@ def config_from_hf(hf: dict) -> dict:
     }}
     first_dense = min(hf.get("first_k_dense_replace", 3), num_layers)
     base["layer_ffns"] = layer_pattern(["swiglu"] * first_dense + ["moe"] * (num_layers - first_dense))
+    base["mtp"] = {"depth": hf.get("num_nextn_predict_layers", 0)}
     return base
+
+
+def config_for_weights(config, names) -> object:
+    """The MTP depth the folder's weights hold (config.json counts num_nextn_predict_layers modules even where,
+    as in transformers' save_pretrained, none was saved)."""
+    depth = 0
+    while depth < config.mtp.depth and f"model.layers.{config.num_layers + depth}.eh_proj.weight" in names:
+        depth += 1
+    config.mtp.depth = depth
+    return config
 
 
 def config_to_hf(config) -> dict:
@@ -108,4 +138,8 @@ def config_to_hf(config) -> dict:
                   norm_topk_prob=r.renormalize, routed_scaling_factor=r.scaling_factor, n_group=r.num_groups,
                   topk_group=r.topk_groups)
     hf.update(intermediate_size=ffn.hidden_dim, hidden_act=hf_act.get(ffn.activation, ffn.activation))
+    if config.mtp.depth and kinds[-1] != "moe":
+        raise ValueError("the deepseek_v3 family's MTP modules are MoE blocks (transformers' MtpModel builds them so): "
+                         "model.mtp needs an moe feed-forward in the last layer")
+    hf["num_nextn_predict_layers"] = config.mtp.depth
     return hf

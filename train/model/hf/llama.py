@@ -28,7 +28,7 @@ WEIGHTS = [
 ]
 IGNORED = (r"rotary_emb\.inv_freq$",)  # a buffer some old checkpoints saved
 
-HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "relu2": "relu2"}
 
 
 def position_from_hf(hf: dict) -> dict:

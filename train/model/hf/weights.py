@@ -1,6 +1,7 @@
 """Table-driven state-dict renaming between this project and Hugging Face.
 
-An adapter lists `Rule`s; "{i}" stands for the layer index and "{e}" for the expert index. A rule
+An adapter lists `Rule`s; "{i}" stands for the layer index and "{e}" for the expert index; "{m}" for the
+index of a multi-token-prediction module (ours: mtp.{m}.*) whose HF layer index is "{n}" = num_layers + m. A rule
 with several of our names fuses them on the HF side: along dim 0 (GPT-2's c_attn holds q, k and v),
 or with `interleave` alternately along the last dim (GPT-OSS's gate_up_proj holds gate at even and
 up at odd columns). `transpose` swaps the last two dims (GPT-2's Conv1D stores [in, out]; GPT-OSS's
@@ -25,8 +26,15 @@ class Rule:
     interleave: bool = False
 
 
+MAX_MTP_MODULES = 8  # how many "{m}" modules a rule looks for; the absent ones are skipped like absent biases
+
+
 def _concrete(rules: list[Rule], num_layers: int):
     for rule in rules:
+        if "{m}" in rule.ours[0]:
+            for m in range(MAX_MTP_MODULES):
+                yield [name.format(m=m) for name in rule.ours], rule.hf.format(n=num_layers + m, e="{e}"), rule
+            continue
         for i in range(num_layers) if "{i}" in rule.hf else [None]:
             yield [name.format(i=i) for name in rule.ours], rule.hf.format(i=i, e="{e}"), rule
 

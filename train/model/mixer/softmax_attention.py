@@ -4,7 +4,8 @@ G = H is multi-head (MHA), G = 1 multi-query (MQA, Shazeer 2019), 1 < G < H grou
 (OLMo 2), a softmax scale other than head_dim^-1/2 and logit soft-capping (Gemma 2/3), this mixer's own
 rotary base (Gemma 3's local layers), projection biases (GPT-2, Qwen2), a
 sliding window (Mistral, Gemma), learned attention sinks (GPT-OSS), an output gate (Qwen3-Next:
-attn * sigmoid(W_g x), per head), document masking for packed sequences. The kernel is `model.attention_backend`'s (train/model/attention.py): SDPA, causal or with a
+attn * sigmoid(W_g x), per head), document masking for packed sequences, value residuals (ResFormer,
+`model.residual.value_residual`: forward then takes and returns the first attention layer's values). The kernel is `model.attention_backend`'s (train/model/attention.py): SDPA, causal or with a
 dense mask, or FlexAttention with the forward's shared BlockMask.
 """
 
@@ -19,6 +20,7 @@ from train.model.norm import build_norm
 from train.model.position import ROTARY_KINDS
 from train.model.position.rope import Rotary
 from train.model.registry import register_mixer
+from train.model.residual.value_residual import ValueResidual
 
 
 @register_mixer("softmax_attention")
@@ -61,8 +63,12 @@ class SoftmaxAttention(nn.Module):
                 raise ValueError(f"attention.{key}={getattr(attn, key)} must be positive (or null for none)")
         self.scale = None if attn.scale_dim is None else attn.scale_dim**-0.5
         self.logit_cap = attn.softcap
+        self.carries_values = model.residual.value_residual
+        first = next((i for i in range(model.num_layers) if model.layer_mixer(i).kind == "softmax_attention"), None)
+        self.value_residual = ValueResidual() if self.carries_values and layer_idx != first else None
 
-    def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None):
+    def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None,
+                values_BTGK=None):
         B, T, _ = x_BTD.shape
         if self.output_gate:
             q_BTHK, gate_BTHK = self.q_proj(x_BTD).view(B, T, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
@@ -70,6 +76,9 @@ class SoftmaxAttention(nn.Module):
             q_BTHK = self.q_proj(x_BTD).view(B, T, self.num_heads, self.head_dim)
         k_BTGK = self.k_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
         v_BTGK = self.v_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
+        if self.carries_values:  # the first attention layer passes its values on; the later ones mix them in
+            v_BTGK, values_BTGK = (v_BTGK, v_BTGK) if self.value_residual is None else (
+                self.value_residual(v_BTGK, values_BTGK), values_BTGK)
         if self.q_norm is not None and self.qk_norm_over == "all":
             q_BTHK = self.q_norm(q_BTHK.flatten(-2)).view_as(q_BTHK)
             k_BTGK = self.k_norm(k_BTGK.flatten(-2)).view_as(k_BTGK)
@@ -87,7 +96,8 @@ class SoftmaxAttention(nn.Module):
         y_BTHK = y_BHTK.transpose(1, 2)
         if self.output_gate:
             y_BTHK = y_BTHK * torch.sigmoid(gate_BTHK)
-        return self.o_proj(y_BTHK.reshape(B, T, self.num_heads * self.head_dim))
+        out_BTD = self.o_proj(y_BTHK.reshape(B, T, self.num_heads * self.head_dim))
+        return (out_BTD, values_BTGK) if self.carries_values else out_BTD
 
     def cache_bytes(self, context: int, dtype: torch.dtype) -> int:
         """Bytes of keys+values one sequence of `context` tokens keeps in this layer."""
