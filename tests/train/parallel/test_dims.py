@@ -45,6 +45,8 @@ def test_sizes_that_do_not_divide_out_are_refused(world, sizes, message):
     ("mamba2_tiny", {}, dict(cp=2), r"kind mamba2 is not supported with parallel.cp=2"),
     ("gpt_oss_tiny", {}, dict(tp=2), r"attention.sinks is not supported with parallel.tp=2"),
     ("qwen3_moe_tiny", {}, dict(ep=3, dp_shard=3), r"8 experts cannot be split over parallel.ep=3"),
+    ("llama3_tiny", {"mtp.depth": 1}, dict(tp=2), r"model.mtp and model.residual .* parallel.tp=2, parallel.cp=1"),
+    ("llama3_tiny", {"residual.arrangement": "parallel"}, dict(cp=2), r"model.mtp and model.residual .* parallel.cp=2"),
 ])
 def test_models_that_do_not_split_are_refused(preset, overrides, sizes, message):
     model = apply_overrides(load_preset(preset), overrides)
