@@ -64,8 +64,10 @@ class SoftmaxAttention(nn.Module):
         self.scale = None if attn.scale_dim is None else attn.scale_dim**-0.5
         self.logit_cap = attn.softcap
         self.carries_values = model.residual.value_residual
-        first = next((i for i in range(model.num_layers) if model.layer_mixer(i).kind == "softmax_attention"), None)
-        self.value_residual = ValueResidual() if self.carries_values and layer_idx != first else None
+        self.value_residual = None
+        if self.carries_values:  # every softmax attention layer but the first mixes the first one's values in
+            first = next(i for i in range(model.num_layers) if model.layer_mixer(i).kind == "softmax_attention")
+            self.value_residual = ValueResidual() if layer_idx != first else None
 
     def forward(self, x_BTD, positions_BT, documents: Documents | None = None, cache: KVCache | None = None,
                 values_BTGK=None):
