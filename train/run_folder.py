@@ -3,6 +3,7 @@ so launchers can read it cheaply.
 
     config.yaml          the resolved training config
     metrics.jsonl        one JSON record per logged step and per validation (rank 0)
+    loss.png             its curves, drawn at the end (train/plots.py; `python -m launch.report run=<dir>` any time)
     checkpoints/step_N/  DCP step checkpoints (train/checkpoint.py); the latest complete one is resumed
     model/               the final model folder (model.yaml + model.safetensors + tokenizer): the run is finished
     stop                 written by a user or a batch script: finish the step, checkpoint, exit 0
@@ -16,6 +17,7 @@ from common.atomic import create_once
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 STOP = "stop"
