@@ -65,7 +65,7 @@ class TrainerConfig:
     micro_batch_size: int = 8  # the most sequences a rank runs per forward (the largest divisor of its share <= this)
     seed: int = 0  # weight initialisation
     loss_chunk_tokens: int = 4096  # cross-entropy chunk: the full [tokens, vocab] logits never exist at once
-    val_every: int = 50  # steps; 0: only at the end
+    val_every: int = 50  # steps between validations; 0: only at the end
     val_samples: int = 32  # held-out windows for the validation loss (the same ones at any number of ranks)
     log_every: int = 10  # steps between console lines and metrics records (the only steps that wait for the device)
     nonfinite: str = "skip"  # skip (drop the step, stop after max_skipped in a row) | stop

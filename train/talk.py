@@ -43,13 +43,15 @@ class Talk:
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed)
         self.messages: List[Dict[str, str]] = [{"role": "system", "content": config.system}] if config.system else []
+        self.ended_turn = False  # whether the last answer ended with <|end_of_turn|> (the chat format), not at max_new_tokens
 
     def answer(self, prompt: str) -> str:
         self.messages.append({"role": "user", "content": prompt})
         ids = encode_prompt(self.tokenizer, self.messages)
         output = generate(self.model, torch.tensor([ids]), self.config.max_new_tokens, self.config.temperature,
                           self.config.top_p, eos_token_id=self.end, generator=self.generator)[0, len(ids):].tolist()
-        if self.end in output:
+        self.ended_turn = self.end in output
+        if self.ended_turn:
             output = output[: output.index(self.end)]
         reply = self.tokenizer.decode(output).strip()
         self.messages.append({"role": "assistant", "content": reply})
@@ -66,6 +68,8 @@ def main(cfg) -> None:
     if config.prompt is not None:
         print(f"user: {config.prompt}")
         print(f"assistant: {chat.answer(config.prompt)}")
+        if not chat.ended_turn:
+            print(f"(no {END_OF_TURN} within max_new_tokens={config.max_new_tokens}: the turn did not end)")
         return
     print(f"talking to {config.model_dir}; an empty line quits")
     for line in sys.stdin:
