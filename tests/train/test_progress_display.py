@@ -2,6 +2,7 @@
 with the elapsed time and the ETA appended elsewhere (a pipe, a log file, SLURM)."""
 
 import io
+import re
 
 import pytest
 
@@ -63,3 +64,23 @@ def test_bar_and_lines_can_be_forced_and_other_ranks_show_nothing():
 
 def test_clock():
     assert clock(5) == "0:05" and clock(125.4) == "2:05" and clock(3 * 3600 + 61) == "3:01:01"
+
+
+@pytest.mark.slow
+def test_a_run_prints_timed_lines_and_draws_its_losses(tmp_path, prepared_data):
+    """A real run under a pipe (~10 s): report lines end with the elapsed time and the ETA, and loss.png draws
+    the metrics.jsonl it wrote."""
+    from PIL import Image
+
+    from tests.train_helpers import metrics, run_training
+    from train.plots import run_curves
+
+    run_dir = tmp_path / "run"
+    result = run_training(run_dir, prepared_data, "trainer.max_steps=4", "trainer.log_every=2", "trainer.val_every=2")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step ") and "loss" in line and "val" not in line]
+    assert len(lines) == 2 and all(re.search(r"\| \d+:\d\d elapsed, ETA \d+:\d\d$", line) for line in lines)
+    assert f"plot       {(run_dir / 'loss.png').resolve()}" in result.stdout
+    image = Image.open(run_dir / "loss.png")
+    records = metrics(run_dir)
+    assert image.format == "PNG" and image.text["Source"].endswith(f"{len(records)} records, last step 4")
+    assert set(run_curves(records)) == {"loss", "lr", "val_loss"}
