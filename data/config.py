@@ -45,9 +45,6 @@ class TokenizerConfig:
     path: Optional[str] = None  # a tokenizer.json, or a Hugging Face tokenizer folder holding one
     vocab_size: int = 8192  # trained BPE: tokens, the special tokens included
     min_frequency: int = 2  # trained BPE: a merge needs a pair seen at least this often
-    # trained BPE: every digit its own token: numbers tokenize uniformly, and repeating a number (a passkey)
-    # is copying ten kinds of token, not a thousand chunks
-    split_digits: bool = True
     train_max_bytes: int = 200_000_000  # text used to train the BPE: the first documents up to this size
     eos_token: Optional[str] = None  # loaded tokenizers: the end-of-document token, when its config doesn't say
 

@@ -32,10 +32,7 @@ class SpecialIds:
 
 def train_bpe(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    # split_digits: as LLaMA and PaLM, " 12345" is " " 1 2 3 4 5, never merged into chunks
-    tokenizer.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                               if config.split_digits else byte_level)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=config.vocab_size,
