@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from tokenizers import Tokenizer
 
 from data.config import SourceConfig
