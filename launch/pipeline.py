@@ -15,7 +15,7 @@ held-out pairs; each stage's loss.png; where the checkpoints and the Hugging Fac
 
     python -m launch.pipeline                                  # the demo: `make demo`
     python -m launch.pipeline --nproc 4 pretrain.trainer.max_steps=1000 train.logging.wandb.mode=offline
-    python -m launch.pipeline data.source=local data.source.paths=[book.txt] sft.trainer.max_steps=300
+    python -m launch.pipeline --out outputs/longer midtrain.trainer.max_steps=300 sft.trainer.max_steps=1200
 """
 
 import argparse
