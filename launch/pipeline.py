@@ -212,7 +212,8 @@ def render_summary(runs: Path, passkey, chats, out: Path, seconds: float) -> str
         form = "ended its turn: the chat format" if ended else f"no end of turn within {CHAT_TOKENS} tokens: " + (
             "it continues the text, as a model that never saw the chat format does" if label == "before SFT" else
             "not the chat format")
-        lines.append(f"- {label}: {one_line(answer)} ({form})")
+        blank = answer.startswith(("(whitespace only:", "(nothing)"))  # how train.talk shows a blank answer
+        lines.append(f"- {label}: {answer[:120] if blank else one_line(answer)} ({form})")
     dpo = final_metrics(runs / "dpo")
     lines += ["", f"DPO on held-out pairs: reward accuracy {dpo.get('val_reward_accuracy', float('nan')):.3f}, "
                   f"margin {dpo.get('val_reward_margin', float('nan')):.3f}", ""]
