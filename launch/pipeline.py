@@ -9,7 +9,8 @@ re-run; an interrupted one resumes from its latest checkpoint. Overrides go to o
 to every training stage (e.g. `train.logging.wandb.mode=offline`); the stages' W&B runs share one
 group per pipeline (OUT/wandb_group). Ends with a summary (also written to OUT/pipeline_summary.md) that
 shows each stage's effect: pre-training's falling loss and validation perplexity; passkey retrieval at 1x,
-2x and 4x the pre-training context before and after YaRN mid-training; the answer to one question before
+2x and 4x the pre-training context before and after YaRN mid-training (`--passkey-documents N` mixes N
+synthetic passkey documents into the mid-training data); the answer to one question before
 SFT, after SFT and after DPO (and whether it ended its turn: the chat format); DPO's reward accuracy on
 held-out pairs; each stage's loss.png; where the checkpoints and the Hugging Face export are.
 
@@ -58,19 +59,15 @@ def split_overrides(items: List[str]) -> Dict[str, List[str]]:
     return routed
 
 
-# Mid-training's synthetic retrieval share (data/passkey.py), as long-context recipes mix in: documents of
-# 73 to ~1,020 tokens (0-27 filler lines), so up to 4x the pre-training context of 256.
-PASSKEY_DOCUMENTS = 3000
-
-
-def data_commands(python: str, data_dir: Path, overrides: List[str]) -> List[List[str]]:
+def data_commands(python: str, data_dir: Path, overrides: List[str], passkey_documents: int = 0) -> List[List[str]]:
     """The pre-training data, then long documents for mid-training: whole standard-library modules mixed
-    with the documentation topics and synthetic passkey documents, with the pre-training tokenizer."""
+    with the documentation topics (and, with passkey_documents, that many synthetic passkey documents of
+    up to ~1,020 tokens, data/passkey.py: a synthetic retrieval share), with the pre-training tokenizer."""
+    passkey = f", {{kind: passkey, max_documents: {passkey_documents}}}" if passkey_documents else ""
     return [
         [python, "-m", "data", f"out_dir={data_dir}", "name=stdlib", "progress=false", *overrides],
         [python, "-m", "data", f"out_dir={data_dir}", "name=stdlib_long", "progress=false", "source.include_topics=false",
-         f"mixture=[{{kind: stdlib, include_modules: false}}, {{kind: passkey, max_documents: {PASSKEY_DOCUMENTS}}}]",
-         f"tokenizer.path={data_dir / 'stdlib'}"],
+         f"mixture=[{{kind: stdlib, include_modules: false}}{passkey}]", f"tokenizer.path={data_dir / 'stdlib'}"],
     ]
 
 
@@ -123,6 +120,8 @@ def main(argv=None) -> int:
                                      epilog=OVERRIDES_HELP)
     parser.add_argument("--nproc", type=int, default=2, help="processes per training stage")
     parser.add_argument("--out", default="outputs", help="folder for data/, runs/, hf/ and the summary")
+    parser.add_argument("--passkey-documents", type=int, default=0,
+                        help="synthetic passkey documents mixed into the mid-training data (source.kind=passkey)")
     args, rest = parser.parse_known_args(argv)
     overrides = split_overrides(rest)
     out = Path(args.out).resolve()
@@ -130,7 +129,8 @@ def main(argv=None) -> int:
     python = sys.executable
     started = time.time()
 
-    for command, log in zip(data_commands(python, data_dir, overrides["data"]), ("data.log", "data_long.log")):
+    commands = data_commands(python, data_dir, overrides["data"], args.passkey_documents)
+    for command, log in zip(commands, ("data.log", "data_long.log")):
         run(command, logs / log)
 
     passkey: Dict[str, Dict[str, float]] = {}
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     chats["after DPO"] = chat(runs / "dpo" / "model", logs)
     run([python, "-m", "train.export", f"model_dir={runs / 'dpo' / 'model'}", f"out={out / 'hf'}"], logs / "export.log")
 
-    summary = render_summary(runs, passkey, chats, out, time.time() - started)
+    summary = render_summary(runs, passkey, chats, out, time.time() - started, args.passkey_documents)
     (out / "pipeline_summary.md").write_text(summary)
     print("\n" + summary)
     return 0
@@ -188,22 +188,23 @@ def one_line(text: str, limit: int = 160) -> str:
     return f'"{text[:limit]}{"..." if len(text) > limit else ""}"' if text else "(nothing)"
 
 
-def render_summary(runs: Path, passkey, chats, out: Path, seconds: float) -> str:
+def render_summary(runs: Path, passkey, chats, out: Path, seconds: float, passkey_documents: int) -> str:
     lines = [f"# Pipeline summary ({seconds / 60:.1f} min)", "",
              "| stage | first train loss | final train loss | final val loss | val perplexity | steps | curves |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for stage in TRAIN_STAGES:
         m = final_metrics(runs / stage)
         val = m.get("val_loss", float("nan"))
-        perplexity = f"{math.exp(val):.1f}" if stage in ("pretrain", "midtrain") else "-"  # of chat tokens: not comparable
+        perplexity = f"{math.exp(val):.1f}" if stage == "pretrain" else "-"  # the others' validation data differ
         lines.append(f"| {stage} | {first_loss(runs / stage):.4f} | {m.get('loss', float('nan')):.4f} | {val:.4f} | "
                      f"{perplexity} | {int(m.get('step', 0))} | [loss.png]({(runs / stage / LOSS_PLOT).relative_to(out)}) |")
     context = pretraining_context(runs)
     multiples = list(next(iter(passkey.values()), {}))
     lines += ["", f"Long context: passkey retrieval ({PASSKEY_TRIALS * 3} keys per length, each hidden at depths 0.1, 0.5 "
                   f"and 0.9 of filler text; exact 5-digit answers), at multiples of the pre-training context of {context} "
-                  "tokens. Mid-training switches RoPE to YaRN, continues at 4x the length and mixes in synthetic passkey "
-                  f"documents ({PASSKEY_DOCUMENTS:,}, other keys).", "",
+                  "tokens. Mid-training switches RoPE to YaRN and continues at 4x the length"
+                  + (f", with {passkey_documents:,} synthetic passkey documents (other keys) in its data." if passkey_documents
+                     else " (without synthetic passkey documents: --passkey-documents N mixes them in)."), "",
               "| passkey | " + " | ".join(multiples) + " |", "|---|" + "---:|" * len(multiples)]
     for label, scores in passkey.items():
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in scores.values()) + " |")
