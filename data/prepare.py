@@ -27,7 +27,7 @@ from data import sources
 from data.config import PrepareConfig, SourceConfig
 from data.errors import DataError
 from data.shards import DTYPES, ShardWriter, file_sha256
-from data.split import is_validation
+from data.split import documents_needed, is_validation, split_tail
 from data.tokenizer import SpecialIds, hf_tokenizer_config, load_tokenizer, save_tokenizer, special_ids, train_bpe
 
 MANIFEST = "manifest.json"
@@ -90,20 +90,34 @@ def check_writable(folder: Path) -> None:
 # --- documents, split and weighted ---------------------------------------------------------------
 
 
-def labelled_documents(config: PrepareConfig, stats: List[sources.SourceStats]) -> Iterator[Tuple[str, str, int]]:
-    """(text, split, copies) for every document of every source, in a fixed order."""
-    ordinal = 0
+def weighted_documents(config: PrepareConfig, stats: List[sources.SourceStats]) -> Iterator[Tuple[str, int]]:
+    """(text, copies) for every document of every source, in a fixed order."""
     for index, source in enumerate(all_sources(config)):
         rng = np.random.default_rng([config.seed, index])
         whole, fraction = divmod(source.weight, 1.0)
         for text in sources.read_documents(source, stats[index]):
-            copies = int(whole) + int(rng.random() < fraction)
-            split = "val" if is_validation(ordinal, config.shards.val_fraction) else "train"
-            ordinal += 1
-            yield text, split, copies
+            yield text, int(whole) + int(rng.random() < fraction)
         if stats[index].documents == 0:
             raise DataError(f"{describe(source)} produced no documents (all {stats[index].empty_documents} were empty)"
                             if stats[index].empty_documents else f"{describe(source)} produced no documents")
+
+
+def labelled_documents(config: PrepareConfig, stats: List[sources.SourceStats]) -> Iterator[Tuple[str, str, int]]:
+    """(text, split, copies) for every document: every 1/val_fraction-th held out (data/split.py), or, when
+    the sources hold fewer documents than that needs (one book in a .txt), the tail of their text."""
+    fraction = config.shards.val_fraction
+    stream, head = weighted_documents(config, stats), []
+    for item in stream:  # the first documents_needed, to know whether there are that many
+        head.append(item)
+        if len(head) >= documents_needed(fraction):
+            break
+    if len(head) < documents_needed(fraction):
+        train, val = split_tail([text for text, _ in head], fraction)
+        for split, pieces in (("train", train), ("val", val)):
+            yield from ((text, split, head[index][1]) for index, text in pieces)
+        return
+    for ordinal, (text, copies) in enumerate(itertools.chain(head, stream)):
+        yield text, "val" if is_validation(ordinal, fraction) else "train", copies
 
 
 def batches(items: Iterator[Tuple[str, str, int]], size: int) -> Iterator[Tuple[List[str], List[Tuple[str, int]]]]:
@@ -206,10 +220,12 @@ def build(config: PrepareConfig, work: Path, fingerprint: str) -> Dict[str, obje
     for split, writer in writers.items():
         shards = writer.close()
         splits[split] = {"tokens": sum(s["tokens"] for s in shards), "documents": sum(s["documents"] for s in shards), "shards": shards}
+    documents = sum(s.documents for s in stats)
     if splits["train"]["tokens"] == 0:
         raise DataError(
-            f"no document is left for training ({sum(s.documents for s in stats)} in all, every one held out or weighted "
-            "to zero); lower shards.val_fraction, raise the weights, or add data"
+            f"no document is left for training ({documents} in all, every one held out or weighted to zero); lower "
+            "shards.val_fraction, split .txt files into more documents (source.txt_unit=paragraph or line), raise "
+            "the weights, or add data"
         )
     manifest = {
         "format": FORMAT_VERSION,
@@ -231,6 +247,8 @@ def build(config: PrepareConfig, work: Path, fingerprint: str) -> Dict[str, obje
             "pad_id": ids.pad,
         },
         "dtype": dtype,
+        # how validation was held out: every 1/val_fraction-th document, or the text's tail (too few documents)
+        "held_out": "documents" if documents >= documents_needed(config.shards.val_fraction) else "tail",
         "splits": splits,
     }
     (work / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))

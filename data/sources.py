@@ -1,4 +1,5 @@
-"""Documents from the three kinds of source: the embedded standard library, local files, HF datasets.
+"""Documents from the kinds of source: the embedded standard library, local files, HF datasets, and
+synthetic passkey documents (data/passkey.py).
 
 Each reader yields plain strings, one per document, in a deterministic order. Bad input raises
 DataError naming the file and line; with `skip_bad_lines` a malformed JSONL line is counted instead.
@@ -19,6 +20,7 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 from data.config import SourceConfig
 from data.errors import DataError
+from data.passkey import passkey_documents
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 
@@ -218,6 +220,7 @@ READERS: Dict[str, Callable[[SourceConfig, SourceStats], Iterator[str]]] = {
     "stdlib": stdlib_documents,
     "local": local_documents,
     "hf": hf_documents,
+    "passkey": lambda source, stats: passkey_documents(source),
 }
 
 
@@ -244,5 +247,7 @@ def fingerprint(source: SourceConfig) -> Dict[str, object]:
         return {"python": sys.version.split()[0], "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
     if source.kind == "local":
         return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in resolve_local_paths(source.paths)]}
+    if source.kind == "passkey":
+        return {}  # generated from the settings alone
     local = [Path(p) for p in source.data_files if Path(p).is_file()]
     return {"data_files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in local]}

@@ -5,6 +5,9 @@
 runs `torchrun` with a c10d rendezvous, `--max-restarts` (a rank that dies restarts all workers,
 which resume from the latest complete checkpoint) and a short `last_call_timeout` (otherwise each
 rendezvous waits ~30 s). Every argument that isn't an option here is a Hydra override for the module.
+
+    python -m launch.local --nproc 2 stage=pretrain data.path=outputs/data/stdlib
+    python -m launch.local --nproc 2 stage=sft init.weights=outputs/runs/midtrain/model
 """
 
 import argparse
@@ -28,7 +31,8 @@ def torchrun_command(nproc: int, max_restarts: int, module: str, overrides, scri
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="The overrides' groups (model=, stage=) and options: python -m train --help")
     parser.add_argument("--nproc", type=int, default=2, help="processes (ranks) on this machine")
     parser.add_argument("--max-restarts", type=int, default=3, help="elastic restarts before giving up")
     parser.add_argument("--module", default="train", help="the Python module to run (default: train)")

@@ -7,29 +7,46 @@ starts from the previous stage's `model/` folder. A finished stage (its `model/`
 re-run; an interrupted one resumes from its latest checkpoint. Overrides go to one stage by prefix:
 `pretrain.trainer.max_steps=500`, `sft.optim.lr=1e-4`, `data.tokenizer.vocab_size=4096`; `train.` goes
 to every training stage (e.g. `train.logging.wandb.mode=offline`); the stages' W&B runs share one
-group per pipeline (OUT/wandb_group). Ends with a summary (also written to
-OUT/pipeline_summary.md): final losses per stage, passkey accuracy before and after YaRN, DPO reward
-accuracy on held-out pairs, and where the checkpoints and the Hugging Face export are.
+group per pipeline (OUT/wandb_group). Ends with a summary (also written to OUT/pipeline_summary.md) that
+shows each stage's effect: pre-training's falling loss and validation perplexity; passkey retrieval at 1x,
+2x and 4x the pre-training context before and after YaRN mid-training (`--passkey-documents N` mixes N
+synthetic passkey documents into the mid-training data); the answer to one question before
+SFT, after SFT and after DPO (and whether it ended its turn: the chat format); DPO's reward accuracy on
+held-out pairs; each stage's loss.png; where the checkpoints and the Hugging Face export are.
+
+    python -m launch.pipeline                                  # the demo: `make demo`
+    python -m launch.pipeline --nproc 4 pretrain.trainer.max_steps=1000 train.logging.wandb.mode=offline
+    python -m launch.pipeline --out outputs/longer midtrain.trainer.max_steps=300 sft.trainer.max_steps=1200
 """
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from omegaconf import OmegaConf
 
 from common.atomic import create_once
 from common.processes import tee
+from data.chat import stdlib as stdlib_chat
+from data.chat.template import END_OF_TURN
 from launch.local import torchrun_command
-from train.run_folder import is_finished
+from train.run_folder import LOSS_PLOT, is_finished
 
 TRAIN_STAGES = ("pretrain", "midtrain", "sft", "dpo")
 PREFIXES = ("data", "train") + TRAIN_STAGES
 CHAT_PROMPT = "What does `json.dumps` do?"
+CHAT_TOKENS = 48  # new tokens of a chat answer
+PASSKEY_TRIALS = 5  # keys per (length, depth): 15 per length
+OVERRIDES_HELP = """overrides (PREFIX.KEY=VALUE, routed by prefix):
+  data.KEY=VALUE      the pre-training data's `python -m data` (python -m data --help)
+  train.KEY=VALUE     every training stage's `python -m train` (python -m train --help)
+  pretrain.KEY=VALUE, midtrain.KEY=VALUE, sft.KEY=VALUE, dpo.KEY=VALUE
+                      one stage's `python -m train` (after train.); each stage starts from configs/stage/<stage>.yaml"""
 
 
 def split_overrides(items: List[str]) -> Dict[str, List[str]]:
@@ -42,13 +59,15 @@ def split_overrides(items: List[str]) -> Dict[str, List[str]]:
     return routed
 
 
-def data_commands(python: str, data_dir: Path, overrides: List[str]) -> List[List[str]]:
-    """The pre-training data, then long documents for mid-training: whole standard-library modules
-    mixed with the documentation topics, with the pre-training tokenizer."""
+def data_commands(python: str, data_dir: Path, overrides: List[str], passkey_documents: int = 0) -> List[List[str]]:
+    """The pre-training data, then long documents for mid-training: whole standard-library modules mixed
+    with the documentation topics (and, with passkey_documents, that many synthetic passkey documents of
+    up to ~1,020 tokens, data/passkey.py: a synthetic retrieval share), with the pre-training tokenizer."""
+    passkey = f", {{kind: passkey, max_documents: {passkey_documents}}}" if passkey_documents else ""
     return [
         [python, "-m", "data", f"out_dir={data_dir}", "name=stdlib", "progress=false", *overrides],
         [python, "-m", "data", f"out_dir={data_dir}", "name=stdlib_long", "progress=false", "source.include_topics=false",
-         "mixture=[{kind: stdlib, include_modules: false, weight: 1.0}]", f"tokenizer.path={data_dir / 'stdlib'}"],
+         f"mixture=[{{kind: stdlib, include_modules: false}}{passkey}]", f"tokenizer.path={data_dir / 'stdlib'}"],
     ]
 
 
@@ -88,10 +107,21 @@ def final_metrics(run_dir: Path) -> Dict[str, float]:
     return last
 
 
+def first_loss(run_dir: Path) -> float:
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            return record["loss"]
+    return float("nan")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=OVERRIDES_HELP)
     parser.add_argument("--nproc", type=int, default=2, help="processes per training stage")
     parser.add_argument("--out", default="outputs", help="folder for data/, runs/, hf/ and the summary")
+    parser.add_argument("--passkey-documents", type=int, default=0,
+                        help="synthetic passkey documents mixed into the mid-training data (source.kind=passkey)")
     args, rest = parser.parse_known_args(argv)
     overrides = split_overrides(rest)
     out = Path(args.out).resolve()
@@ -99,11 +129,12 @@ def main(argv=None) -> int:
     python = sys.executable
     started = time.time()
 
-    for command, log in zip(data_commands(python, data_dir, overrides["data"]), ("data.log", "data_long.log")):
+    commands = data_commands(python, data_dir, overrides["data"], args.passkey_documents)
+    for command, log in zip(commands, ("data.log", "data_long.log")):
         run(command, logs / log)
 
     passkey: Dict[str, Dict[str, float]] = {}
-    chats: Dict[str, str] = {}
+    chats: Dict[str, Tuple[str, bool]] = {}
     for stage in TRAIN_STAGES:
         run_dir = runs / stage
         if stage == "sft":
@@ -115,47 +146,79 @@ def main(argv=None) -> int:
             command = torchrun_command(args.nproc, 3, "train", stage_overrides(stage, out, overrides))
             run(command, logs / f"{stage}.log")
         if stage in ("pretrain", "midtrain"):
-            context = OmegaConf.load(runs / "pretrain" / "config.yaml").data.seq_len
-            passkey["before YaRN" if stage == "pretrain" else "after YaRN"] = passkey_scores(run_dir / "model", context, logs)
+            passkey["before YaRN" if stage == "pretrain" else "after YaRN"] = passkey_scores(
+                run_dir / "model", pretraining_context(runs), logs)
+    chats["after SFT"] = chat(runs / "sft" / "model", logs)
     chats["after DPO"] = chat(runs / "dpo" / "model", logs)
     run([python, "-m", "train.export", f"model_dir={runs / 'dpo' / 'model'}", f"out={out / 'hf'}"], logs / "export.log")
 
-    summary = render_summary(runs, passkey, chats, out, time.time() - started)
+    summary = render_summary(runs, passkey, chats, out, time.time() - started, args.passkey_documents)
     (out / "pipeline_summary.md").write_text(summary)
     print("\n" + summary)
     return 0
 
 
+def pretraining_context(runs: Path) -> int:
+    return OmegaConf.load(runs / "pretrain" / "config.yaml").data.seq_len
+
+
 def passkey_scores(model_dir: Path, context: int, logs: Path) -> Dict[str, float]:
     """Passkey accuracy at 1x, 2x and 4x the pre-training context."""
-    output = run([sys.executable, "-m", "train.passkey", f"model_dir={model_dir}", f"context={context}"],
-                 logs / "passkey.log")
+    output = run([sys.executable, "-m", "train.passkey", f"model_dir={model_dir}", f"context={context}",
+                  f"trials={PASSKEY_TRIALS}"], logs / "passkey.log")
     return {k: float(v) for k, v in re.findall(r"(\d+x) ([\d.]+)", output.strip().splitlines()[-1])}
 
 
-def chat(model_dir: Path, logs: Path) -> str:
+def chat(model_dir: Path, logs: Path) -> Tuple[str, bool]:
+    """The model's answer to CHAT_PROMPT, and whether it ended its turn (the chat format) within the tokens."""
     output = run([sys.executable, "-m", "train.talk", f"model_dir={model_dir}", f"prompt='{CHAT_PROMPT}'",
-                  "max_new_tokens=48"], logs / "chat.log")
-    return output.strip().splitlines()[-1].removeprefix("assistant:").strip() if output.strip() else ""
+                  f"max_new_tokens={CHAT_TOKENS}"], logs / "chat.log")
+    answer = output.partition("\nassistant: ")[2]
+    answer, unended, _ = answer.partition(f"\n(no {END_OF_TURN}")
+    return answer.strip(), not unended
 
 
-def render_summary(runs: Path, passkey, chats, out: Path, seconds: float) -> str:
-    lines = [f"# Pipeline summary ({seconds / 60:.1f} min)", "", "| stage | final train loss | final val loss | steps |",
-             "|---|---:|---:|---:|"]
+def reference_answer() -> str:
+    """What the embedded SFT data answers CHAT_PROMPT with: the first paragraph of json.dumps' docstring."""
+    return next((e.answer for e in stdlib_chat.entries() if e.name == CHAT_PROMPT.split("`")[1]), "")
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    text = " ⏎ ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return f'"{text[:limit]}{"..." if len(text) > limit else ""}"' if text else "(nothing)"
+
+
+def render_summary(runs: Path, passkey, chats, out: Path, seconds: float, passkey_documents: int) -> str:
+    lines = [f"# Pipeline summary ({seconds / 60:.1f} min)", "",
+             "| stage | first train loss | final train loss | final val loss | val perplexity | steps | curves |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for stage in TRAIN_STAGES:
         m = final_metrics(runs / stage)
-        lines.append(f"| {stage} | {m.get('loss', float('nan')):.4f} | {m.get('val_loss', float('nan')):.4f} | "
-                     f"{int(m.get('step', 0))} |")
+        val = m.get("val_loss", float("nan"))
+        perplexity = f"{math.exp(val):.1f}" if stage == "pretrain" else "-"  # the others' validation data differ
+        lines.append(f"| {stage} | {first_loss(runs / stage):.4f} | {m.get('loss', float('nan')):.4f} | {val:.4f} | "
+                     f"{perplexity} | {int(m.get('step', 0))} | [loss.png]({(runs / stage / LOSS_PLOT).relative_to(out)}) |")
+    context = pretraining_context(runs)
+    multiples = list(next(iter(passkey.values()), {}))
+    lines += ["", f"Long context: passkey retrieval ({PASSKEY_TRIALS * 3} keys per length, each hidden at depths 0.1, 0.5 "
+                  f"and 0.9 of filler text; exact 5-digit answers), at multiples of the pre-training context of {context} "
+                  "tokens. Mid-training switches RoPE to YaRN and continues at 4x the length"
+                  + (f", with {passkey_documents:,} synthetic passkey documents (other keys) in its data." if passkey_documents
+                     else " (without synthetic passkey documents: --passkey-documents N mixes them in)."), "",
+              "| passkey | " + " | ".join(multiples) + " |", "|---|" + "---:|" * len(multiples)]
+    for label, scores in passkey.items():
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in scores.values()) + " |")
+    lines += ["", f"Chat, the prompt {CHAT_PROMPT!r} (the SFT data's answer: {one_line(reference_answer())}):"]
+    for label, (answer, ended) in chats.items():
+        form = "ended its turn: the chat format" if ended else f"no end of turn within {CHAT_TOKENS} tokens: " + (
+            "it continues the text, as a model that never saw the chat format does" if label == "before SFT" else
+            "not the chat format")
+        blank = answer.startswith(("(whitespace only:", "(nothing)"))  # how train.talk shows a blank answer
+        lines.append(f"- {label}: {answer[:120] if blank else one_line(answer)} ({form})")
     dpo = final_metrics(runs / "dpo")
     lines += ["", f"DPO on held-out pairs: reward accuracy {dpo.get('val_reward_accuracy', float('nan')):.3f}, "
                   f"margin {dpo.get('val_reward_margin', float('nan')):.3f}", ""]
-    lines += ["| passkey | " + " | ".join(next(iter(passkey.values()), {}).keys()) + " |",
-              "|---|" + "---:|" * len(next(iter(passkey.values()), {}))]
-    for label, scores in passkey.items():
-        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in scores.values()) + " |")
-    lines += ["", f"Chat, prompt {CHAT_PROMPT!r}:"]
-    lines += [f"- {label}: {answer}" for label, answer in chats.items()]
-    lines += ["", "Checkpoints: " + ", ".join(str(runs / s / "model") for s in TRAIN_STAGES),
+    lines += ["Checkpoints: " + ", ".join(str(runs / s / "model") for s in TRAIN_STAGES),
               f"Hugging Face export: {out / 'hf'}"]
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,10 @@
-"""The report of a sweep, from its run folders: a Markdown table, the same data as JSON, and plots.
+"""Plots and reports from run folders, at any time (also while a run goes on):
 
-    write_report(Path("outputs/sweeps/attention"))   # reads sweep.json and <point>/{config.yaml,metrics.jsonl}
+    python -m launch.report run=outputs/runs/pretrain      # loss.png of one run (train/plots.py)
+    python -m launch.report sweep=outputs/sweeps/attention # a sweep's report (below); also write_report(Path(...))
+
+The report of a sweep, from its run folders: a Markdown table, the same data as JSON, and plots; it reads
+sweep.json and <point>/{config.yaml,metrics.jsonl}.
 
 Architecture columns come from the inspector (train.model.summary.summarize) on the point's resolved model
 config, the run folder's config.yaml (or, for a point that never started, the config planned in
@@ -21,8 +25,10 @@ Files (each written to a temporary name, then renamed): report.md, report.json, 
 val_loss_vs_flops.png, throughput.png, cache_vs_context.png, and with --scaling scaling.png.
 """
 
+import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -39,6 +45,7 @@ from launch.lab_stats import ALPHA, fit_power_law, interval95, mean, sample_sd, 
 from launch.sweep_state import PointRun, SweepState  # noqa: E402
 from train.model.config import to_model_config  # noqa: E402
 from train.model.summary import summarize  # noqa: E402
+from train.plots import plot_run  # noqa: E402
 from train.run_folder import is_finished  # noqa: E402
 
 CACHE_DTYPE = "bf16"
@@ -337,3 +344,26 @@ def write_report(sweep_dir: Path) -> Path:
     if fits:
         scaling_plot(sweep_dir / SCALING_PLOT, state.name, fits)
     return sweep_dir / "report.md"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", metavar="run=DIR | sweep=DIR",
+                        help="run=<run folder>: draw its loss.png; sweep=<sweep folder>: write its report and plots")
+    kind, _, folder = parser.parse_args(argv).target.partition("=")
+    if kind not in ("run", "sweep") or not folder:
+        parser.error("give run=<run folder> or sweep=<sweep folder>")
+    try:
+        if kind == "run":
+            path, curves = plot_run(Path(folder))
+            print(f"{path.resolve()}: " + ", ".join(f"{name} ({len(steps)} points to step {steps[-1]})"
+                                                    for name, (steps, _) in curves.items()))
+        else:
+            print(write_report(Path(folder)).read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

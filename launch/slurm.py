@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from common.compose import compose
+from common.help import group_text, options_text
 from launch import pipeline
 from train import run_folder
 from train.run_folder import wandb_run_id
@@ -44,12 +45,12 @@ TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "job.sbatch.j2"
 
 @dataclass
 class ClusterConfig:
-    name: str = "generic_gpu"
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
+    name: str = "generic_gpu"  # the preset's name
+    partition: Optional[str] = None  # --partition
+    account: Optional[str] = None  # --account: the allocation the job is charged to
+    qos: Optional[str] = None  # --qos
     time: str = "24:00:00"  # the job's time limit (HH:MM:SS or D-HH:MM:SS); requeues continue past it
-    nodes: int = 1
+    nodes: int = 1  # --nodes of a training job (data preparation and the report run on one)
     gpus_per_node: int = 0  # 0: no --gpus-per-node (CPU nodes)
     nproc_per_node: int = 1  # training processes per node (usually = GPUs per node)
     cpus_per_node: Optional[int] = None  # --cpus-per-task of the one task per node
@@ -162,8 +163,19 @@ def submit(job: Job, log_dir: Path, dependency: Optional[str]) -> str:
     return result.stdout.strip().split(";")[0]
 
 
+def help_epilog() -> str:
+    """--help's groups and cluster options, from ClusterConfig's field comments and the default preset."""
+    cluster = compose_cluster([])
+    return "\n".join([
+        "groups (GROUP=NAME picks a preset from configs/GROUP/):", group_text(["cluster"], {"cluster": cluster.name}), "",
+        "cluster options (cluster.KEY=VALUE; the default preset's values):", options_text(ClusterConfig, cluster, "cluster."),
+        "", "Every other KEY=VALUE is a `python -m train` override: `python -m train --help` lists them; with --pipeline",
+        "they go to one stage by prefix, as in `python -m launch.pipeline --help`."])
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=help_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="print the batch script(s); submit nothing")
     parser.add_argument("--pipeline", action="store_true", help="the whole pipeline as dependent jobs")
     parser.add_argument("--out", default="outputs", help="--pipeline: folder for data/, runs/, hf/ and the summary")

@@ -3,10 +3,19 @@
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from common.help import install_help
 from common.paths import CONFIGS_DIR
 from train.config import TrainConfig
 from train.parallel.world import close_world, exit_world
 from train.trainer import Trainer
+
+install_help(
+    "python -m train: one training stage (pre-training, mid-training, SFT or DPO), on one process or under torchrun.",
+    "python -m train [GROUP=NAME ...] [KEY=VALUE ...]   (or: python -m launch.local --nproc N KEY=VALUE ...)",
+    ["python -m train stage=pretrain model=llama3_tiny data.path=outputs/data/stdlib trainer.max_steps=200",
+     "python -m train stage=midtrain init.weights=outputs/runs/pretrain/model data.path=outputs/data/stdlib_long",
+     "python -m train stage=sft init.weights=outputs/runs/midtrain/model trainer.max_steps=600"],
+    ["model", "stage"], TrainConfig)
 
 
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="train", version_base=None)

@@ -32,7 +32,9 @@ from train.model.summary import summarize
 from train.parallel.expert import gathered_experts
 from train.parallel.fsdp import DTYPES
 from train.parallel.world import all_reduce_sum
+from train.plots import plot_run
 from train.progress import StepResult
+from train.progress_display import ProgressDisplay
 from train.stages import tokenizer_folder
 
 
@@ -44,11 +46,13 @@ class Callback:
 
 
 class LogMetrics(Callback):
-    """Every `log_every` steps and at the last: the console line, metrics.jsonl and W&B (rank 0)."""
+    """Every `log_every` steps and at the last: the console line, metrics.jsonl and W&B (rank 0); the
+    progress display every step (train/progress_display.py); at the end, loss.png (train/plots.py)."""
 
     def __init__(self, trainer, logger: MetricsLogger):
         config = trainer.config
         self.logger, self.max_steps = logger, config.trainer.max_steps
+        self.display = ProgressDisplay(config.stage, self.max_steps, config.logging.progress, trainer.world.is_main)
         summary = summarize(config.model, context=config.data.seq_len, dtype=config.parallel.param_dtype)
         peak = peak_tflops(config.logging, trainer.world.device, DTYPES[config.parallel.param_dtype])
         self.throughput = Throughput(summary.flops_per_token, peak, trainer.world.size)
@@ -60,9 +64,11 @@ class LogMetrics(Callback):
                     f"{cfg.trainer.global_batch_size} samples of up to {cfg.data.seq_len} tokens per step")
         self.throughput.reset()
         reset_memory_stats(trainer.world.device)
+        self.display.start(trainer.progress.step)
 
     def on_step(self, trainer, result: StepResult) -> None:
         self.throughput.add(result.tokens)  # a dropped step's time and tokens count too
+        self.display.advance(trainer.progress.step)
         if result.figures is None:  # not a reporting step (trainer.reports), or dropped
             return
         step = trainer.progress.step
@@ -70,8 +76,19 @@ class LogMetrics(Callback):
         record = {"step": step, **result.figures, "tokens_per_s": rate, "mfu": mfu, "tokens_seen": trainer.progress.tokens_seen,
                   **memory_stats(trainer.world.device)}
         self.logger.log(record)
-        trainer.say(format_line(record, self.max_steps))
+        self.display.report(format_line(record, self.max_steps), step, record)
         reset_memory_stats(trainer.world.device)  # each record holds its interval's peaks
+
+    def on_train_end(self, trainer) -> None:
+        self.display.close()
+        if trainer.world.is_main:
+            try:
+                plot_run(trainer.run_dir)
+            except (OSError, ValueError) as error:  # e.g. stopped before the first report: nothing to draw
+                trainer.say(f"no loss plot: {error}")
+
+    def close(self) -> None:
+        self.display.close()
 
 
 class Validate(Callback):
@@ -187,7 +204,8 @@ class Summary(Callback):
         scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k in ("loss", "val_loss", "val_reward_accuracy"))
         trainer.say(f"{trainer.config.stage} finished at step {step}{': ' + scores if scores else ''}\n"
                     f"  checkpoint {final.resolve()}\n  model      {(trainer.run_dir / run_folder.MODEL).resolve()}\n"
-                    f"  metrics    {(trainer.run_dir / run_folder.METRICS).resolve()}")
+                    f"  metrics    {(trainer.run_dir / run_folder.METRICS).resolve()}\n"
+                    f"  plot       {(trainer.run_dir / run_folder.LOSS_PLOT).resolve()}")
 
 
 class CloseLogger(Callback):

@@ -22,11 +22,11 @@ from train.model.config import ModelConfig
 @dataclass
 class DataConfig:
     path: str = "outputs/data/stdlib"  # a folder written by `python -m data`
-    seq_len: int = 256
+    seq_len: int = 256  # tokens per training window (SFT, DPO: the longest conversation or pair)
     document_masking: bool = True  # attend only within a document of a packed window
     seed: int = 0  # order of the windows (a seeded permutation per epoch)
     num_workers: int = 0  # DataLoader worker processes per rank
-    val_split: str = "val"
+    val_split: str = "val"  # the prepared split validation reads
     # SFT and DPO read conversations / preference pairs instead of shards (the tokenizer is the model's):
     chat: ChatSource = field(default_factory=ChatSource)
     pack: bool = True  # SFT: pack conversations into windows (with document masking), else one per window
@@ -43,14 +43,14 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
+    lr: float = 3e-3  # the peak learning rate, reached after warmup_steps
     min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
+    eps: float = 1e-8  # AdamW's epsilon
     weight_decay: float = 0.1  # on matrices only; norms, biases, embeddings and sinks get none
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
-    warmup_steps: int = 20
+    warmup_steps: int = 20  # linear warmup from 0 to lr
     decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly to min_lr
     implementation: str = "auto"  # auto (fused where supported, else foreach) | fused | foreach | loop
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
@@ -71,16 +71,16 @@ class DPOConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 200
+    max_steps: int = 200  # optimizer steps of the run (a resumed run continues up to it)
     global_batch_size: int = 16  # sequences per optimizer step, over all ranks; must divide over the dp ranks
     micro_batch_size: int = 8  # the most sequences a rank runs per forward (the largest divisor of its share <= this)
     seed: int = 0  # weight initialisation
     loss_chunk_tokens: int = 4096  # cross-entropy chunk: the full [tokens, vocab] logits never exist at once
-    val_every: int = 50  # steps; 0: only at the end
+    val_every: int = 50  # steps between validations; 0: only at the end
     val_samples: int = 32  # held-out windows for the validation loss (the same ones at any number of ranks)
-    log_every: int = 10
+    log_every: int = 10  # steps between console lines and metrics records (the only steps that wait for the device)
     nonfinite: str = "skip"  # skip (drop the step, stop after max_skipped in a row) | stop
-    max_skipped: int = 5
+    max_skipped: int = 5  # non-finite steps in a row before the run stops
     deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact restarts
     record_samples: bool = False  # write each rank's consumed sample indices to samples/rank_N.jsonl
 
@@ -132,16 +132,17 @@ class InitConfig:
 @dataclass
 class WandbConfig:
     mode: str = "disabled"  # online | offline | disabled
-    project: str = "llm-blocks"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    project: str = "llm-blocks"  # the W&B project
+    entity: Optional[str] = None  # the W&B team or user; None: your default
+    group: Optional[str] = None  # runs that belong together, e.g. one pipeline's stages
+    tags: List[str] = field(default_factory=list)  # W&B tags of the run
 
 
 @dataclass
 class LoggingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     peak_tflops: Optional[float] = None  # per device, for MFU; None: known GPUs by name, measured on CPU
+    progress: str = "auto"  # auto (a progress bar on a terminal, else timed lines) | bar | lines
 
 
 @dataclass
@@ -156,9 +157,9 @@ class DownstreamConfig:
 @dataclass
 class TrainConfig:
     stage: str = "pretrain"  # pretrain | midtrain | sft | dpo
-    run_name: str = "pretrain"
-    out_dir: str = "outputs/runs"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    run_name: str = "pretrain"  # the run folder's name: out_dir/run_name, shared by every rank and restart
+    out_dir: str = "outputs/runs"  # where run folders go
+    model: ModelConfig = field(default_factory=ModelConfig)  # model=<preset> (configs/model/), or init.weights' config
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -19,33 +19,29 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
 from common.paths import CONFIGS_DIR
+from data.passkey import FILLER, INTRO, NEEDLE, QUESTION, passkey_text
 from train.config import ModelFolderArgs
 from train.model import generate, load_model
-
-INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-         "I will quiz you about the important information there.\n")
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
-NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key.\n"
-QUESTION = "What is the pass key? The pass key is"
 
 
 @dataclass
 class PasskeyConfig(ModelFolderArgs):
     model_dir: Optional[str] = "outputs/runs/midtrain/model"  # a model folder with tokenizer.json
     context: int = 256  # the original (pre-extension) context length
-    multiples: List[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
-    depths: List[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    multiples: List[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # prompt lengths, times the context
+    depths: List[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])  # where the key sits: 0 first, 1 last
     trials: int = 3  # keys per (length, depth)
-    seed: int = 0
+    seed: int = 0  # the probe's keys
 
 
 def passkey_prompt(tokenizer: Tokenizer, length: int, depth: float, key: int) -> List[int]:
-    """Token ids of about `length` tokens with the needle at fraction `depth` of the filler."""
-    encode = lambda text: tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
-    intro, filler, needle, question = encode(INTRO), encode(FILLER), encode(NEEDLE.format(key=key)), encode(QUESTION)
-    repeats = max(1, (length - len(intro) - len(needle) - len(question)) // len(filler))
+    """Token ids of about `length` tokens with the needle at fraction `depth` of the filler (the text of a
+    `source.kind=passkey` document without its answer, tokenized whole as training tokenized those)."""
+    size = lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)  # noqa: E731
+    fixed = size(INTRO) + size(NEEDLE.format(key=key)) + size(QUESTION)
+    repeats = max(1, (length - fixed) // size(FILLER))
     before = round(repeats * depth)
-    return intro + filler * before + needle + filler * (repeats - before) + question
+    return tokenizer.encode(passkey_text(before, repeats - before, key, answer=False), add_special_tokens=False).ids
 
 
 @torch.no_grad()

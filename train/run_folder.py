@@ -3,6 +3,7 @@ so launchers can read it cheaply.
 
     config.yaml          the resolved training config
     metrics.jsonl        one JSON record per logged step and per validation (rank 0)
+    loss.png             its curves, drawn at the end (train/plots.py; `python -m launch.report run=<dir>` any time)
     checkpoints/step_N/  DCP step checkpoints (train/checkpoint.py); the latest complete one is resumed
     reference_logps.pt   DPO's reference log-probs of every pair, with dpo.precompute_reference (train/reference.py)
     model/               the final model folder (model.yaml + model.safetensors + tokenizer): the run is finished
@@ -19,6 +20,7 @@ from common.atomic import create_once
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
 CHECKPOINTS = "checkpoints"
 REFERENCE_LOGPS = "reference_logps.pt"
 MODEL = "model"

@@ -43,17 +43,25 @@ class Talk:
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed)
         self.messages: List[Dict[str, str]] = [{"role": "system", "content": config.system}] if config.system else []
+        self.ended_turn = False  # whether the last answer ended with <|end_of_turn|> (the chat format), not at max_new_tokens
+        self.raw = ""  # the last answer as decoded, before stripping
 
     def answer(self, prompt: str) -> str:
         self.messages.append({"role": "user", "content": prompt})
         ids = encode_prompt(self.tokenizer, self.messages)
         output = generate(self.model, torch.tensor([ids]), self.config.max_new_tokens, self.config.temperature,
                           self.config.top_p, eos_token_id=self.end, generator=self.generator)[0, len(ids):].tolist()
-        if self.end in output:
+        self.ended_turn = self.end in output
+        if self.ended_turn:
             output = output[: output.index(self.end)]
-        reply = self.tokenizer.decode(output).strip()
+        self.raw = self.tokenizer.decode(output)
+        reply = self.raw.strip()
         self.messages.append({"role": "assistant", "content": reply})
         return reply
+
+    def shown(self, reply: str) -> str:
+        """The reply as printed: a model that answers only spaces and newlines shows them."""
+        return reply or (f"(whitespace only: {self.raw!r})" if self.raw else "(nothing)")
 
 
 ConfigStore.instance().store(name="talk_schema", node=TalkConfig)
@@ -65,13 +73,15 @@ def main(cfg) -> None:
     chat = Talk(Path(config.model_dir), config)
     if config.prompt is not None:
         print(f"user: {config.prompt}")
-        print(f"assistant: {chat.answer(config.prompt)}")
+        print(f"assistant: {chat.shown(chat.answer(config.prompt))}")
+        if not chat.ended_turn:
+            print(f"(no {END_OF_TURN} within max_new_tokens={config.max_new_tokens}: the turn did not end)")
         return
     print(f"talking to {config.model_dir}; an empty line quits")
     for line in sys.stdin:
         if not line.strip():
             break
-        print(f"assistant: {chat.answer(line.strip())}", flush=True)
+        print(f"assistant: {chat.shown(chat.answer(line.strip()))}", flush=True)
 
 
 if __name__ == "__main__":

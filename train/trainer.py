@@ -10,12 +10,14 @@ sharding are train/parallel/'s.
 """
 
 import math
+import sys
 from typing import Dict, List
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from tqdm import tqdm
 
 from train import stages
 from train.batch_plan import batch_plan
@@ -82,7 +84,8 @@ class Trainer:
 
     def say(self, message: str) -> None:
         if self.world.is_main:
-            print(message, flush=True)
+            tqdm.write(message, file=sys.stdout)  # above the progress bar, when there is one (train/progress_display.py)
+            sys.stdout.flush()
 
     def build_model(self) -> torch.nn.Module:
         """Build on the meta device, shard, allocate, then fill in the weights: each rank reads its own shard of

@@ -77,10 +77,12 @@ def test_unwritable_output_folder(make_config, jsonl_corpus, tmp_path):
         prepare(config)
 
 
-def test_too_few_documents_for_both_splits(make_config, tmp_path):
+def test_no_document_left_for_training_names_the_settings(make_config, tmp_path):
+    """Every document weighted to zero: the error names what to change, the .txt unit among them."""
     (tmp_path / "one.txt").write_text("a single document")
-    with pytest.raises(DataError, match="no document is left for training .*lower shards.val_fraction"):
-        prepare(make_config(local(tmp_path / "one.txt")))
+    with pytest.raises(DataError, match="no document is left for training .*lower shards.val_fraction.*"
+                                        "source.txt_unit=paragraph"):
+        prepare(make_config(local(tmp_path / "one.txt", weight=0.0)))
 
 
 def test_cli_prints_one_line_error_without_traceback(tmp_path):

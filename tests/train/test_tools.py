@@ -73,6 +73,21 @@ def test_talk_keeps_the_conversation_and_stops_at_the_end_of_turn(model_dir, tok
     assert prompts[1] == encode_prompt(tokenizer, history)  # the second prompt holds the whole conversation
 
 
+def test_talk_tells_whether_the_turn_ended_and_shows_a_blank_answer(model_dir, tokenizer, monkeypatch):
+    """A model that never saw the chat format may answer only newlines and spaces until max_new_tokens."""
+    end = tokenizer.token_to_id(END_OF_TURN)
+    replies = [tokenizer.encode("\n\n    ").ids, tokenizer.encode("fine").ids + [end]]
+
+    def generate(model, prompt_ids, max_new_tokens, temperature, top_p, eos_token_id, generator):
+        return torch.cat([prompt_ids, torch.tensor([replies.pop(0)])], dim=1)
+
+    monkeypatch.setattr(talk, "generate", generate)
+    chat = talk.Talk(model_dir, talk.TalkConfig(model_dir=str(model_dir)))
+    blank = chat.answer("hello?")
+    assert blank == "" and not chat.ended_turn and chat.shown(blank) == "(whitespace only: '\\n\\n    ')"
+    assert chat.answer("and now?") == "fine" and chat.ended_turn and chat.shown("fine") == "fine"
+
+
 def run(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
