@@ -61,7 +61,11 @@ def test_train_help_lists_its_groups_and_options_with_meanings():
     assert re.search(r"\n  logging\.progress=auto +auto \(a progress bar on a terminal", text)
     assert "python -m train stage=pretrain model=llama3_tiny" in text.split("Common command lines:")[1]
     assert "checkpoint.init_from" not in text  # deprecated spellings are not advertised
-    sft = command_help("train", "stage=sft")  # the values this command line composes
+
+
+@pytest.mark.slow
+def test_help_shows_the_values_its_command_line_composes():
+    sft = command_help("train", "stage=sft")
     assert re.search(r"\n  trainer\.max_steps=600 ", sft) and "(this command: sft)" in sft
 
 
@@ -73,6 +77,7 @@ def test_data_help_lists_its_groups_and_options_with_meanings():
     assert "python -m data source=local source.paths=[book.txt]" in text
 
 
+@pytest.mark.slow
 def test_launchers_help_names_their_own_options():
     slurm = command_help("launch.slurm")
     assert "cluster: generic_gpu, local_test (this command: generic_gpu)" in slurm
