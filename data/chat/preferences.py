@@ -131,6 +131,8 @@ class PairArrays(Sequence):
         return (len(self.offsets) - 1) // 2
 
     def __getitem__(self, index: int) -> EncodedPair:
+        if not 0 <= index < len(self):  # an IndexError also ends iteration (list(), for loops)
+            raise IndexError(f"pair {index} of {len(self)}")
         (a, b, c) = self.offsets[2 * index : 2 * index + 3]
         return EncodedPair(self.ids[a:b].tolist(), self.labels[a:b].tolist(), self.ids[b:c].tolist(),
                            self.labels[b:c].tolist(), f"pair {index}")

@@ -106,3 +106,15 @@ def test_worker_processes_tokenize_as_one_process(tokenizer):
     serial, parallel = encode_all(tokenizer, conversations), encode_all(tokenizer, conversations, workers=2)
     assert [(e.input_ids, e.labels, e.where) for e in parallel] == [(e.input_ids, e.labels, e.where) for e in serial]
     assert np.mean([len(e.input_ids) for e in serial]) > 10
+
+
+def test_cached_pairs_read_back_as_a_sequence():
+    """Iteration (list(), the precomputed reference's walk over every pair) ends at the last pair."""
+    from data.chat.preferences import EncodedPair, PairArrays
+
+    pairs = [EncodedPair([1, 2, 3], [-100, 2, 3], [1, 4], [-100, 4], "pair 0"),
+             EncodedPair([5], [5], [6, 7, 8, 9], [-100, -100, 8, 9], "pair 1")]
+    arrays = PairArrays.of(pairs)
+    assert list(arrays) == pairs and len(arrays) == 2
+    with pytest.raises(IndexError):
+        arrays[2]
