@@ -12,7 +12,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow test-heavy bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,7 +32,10 @@ test: setup
 	$(PY) -m pytest
 
 test-slow: setup
-	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
+	$(PY) -m pytest -m "slow and not heavy" || [ $$? -eq 5 ]
+
+test-heavy: setup
+	$(PY) -m pytest -m heavy || [ $$? -eq 5 ]
 
 bench: setup
 	$(PY) bench/data_throughput.py

@@ -10,7 +10,7 @@ import pytest
 from common.paths import REPO
 from tests.shared_data import SHARED_DATA
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 ROWS = ["SFT packed", "SFT padded", "DPO live ref", "DPO precomputed ref"]
 
 

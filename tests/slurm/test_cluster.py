@@ -90,6 +90,7 @@ def test_two_nodes_train_to_the_end_with_checkpoint_metrics_and_wandb(slurm_clus
     assert "wandb sync" in "".join(job_logs.values())
 
 
+@pytest.mark.heavy
 def test_tensor_and_context_parallel_layout_trains_across_two_nodes(slurm_cluster, tmp_path, prepared_data):
     """tp 2 x cp 2 over the cluster's 4 ranks (each tp group on one node, the cp groups across the nodes)."""
     job = submit(slurm_cluster, tmp_path, prepared_data, "tp_cp", "trainer.max_steps=3", "parallel.tp=2", "parallel.cp=2")
@@ -172,6 +173,7 @@ def node_state(env, node: str) -> str:
     return subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%t"], capture_output=True, text=True, env=env).stdout.strip()
 
 
+@pytest.mark.heavy
 def test_lost_node_requeues_the_job_which_completes_from_the_last_checkpoint(slurm_cluster, tmp_path, prepared_data):
     """kill -9 of node n2's slurmd and all its job's processes mid-run: SLURM finds the node gone (SlurmdTimeout),
     the job is requeued, and once the node is back it resumes from the last complete checkpoint."""
@@ -200,6 +202,7 @@ def test_lost_node_requeues_the_job_which_completes_from_the_last_checkpoint(slu
           f"{time.time() - killed:.0f} s after it")
 
 
+@pytest.mark.heavy
 def test_sweep_points_run_as_slurm_jobs_and_report(slurm_cluster, tmp_path, prepared_data):
     sweep = [sys.executable, "-m", "launch.sweep", "sweep=attention", "--points", "mha,mqa", "--seeds", "1", "--launcher", "slurm",
              "--cluster", "local_test", "--out", str(tmp_path / "sweep"), f"data.path={prepared_data}",
@@ -220,6 +223,7 @@ def test_sweep_points_run_as_slurm_jobs_and_report(slurm_cluster, tmp_path, prep
     assert (tmp_path / "sweep" / "val_loss_vs_tokens.png").stat().st_size > 0
 
 
+@pytest.mark.heavy
 def test_pipeline_as_dependent_jobs_runs_every_stage_in_order(slurm_cluster, tmp_path):
     short = ["data.source.include_modules=false", "data.tokenizer.vocab_size=1024", "train.model.vocab_size=1024",
              "pretrain.trainer.max_steps=8", "midtrain.trainer.max_steps=2", "sft.trainer.max_steps=4",

@@ -249,6 +249,7 @@ def test_dpo_after_sft_keeps_the_template_and_equals_trls_tokens(prepared_data, 
     assert sorted(losses(tmp_path / "dpo")) == [1, 2]
 
 
+@pytest.mark.heavy
 def test_an_asked_for_template_adds_tokens_and_grows_the_model_by_mean_rows(prepared_data, tmp_path):
     """~20 s. A Llama folder whose tokenizer has no chat template, with data.chat_template=chatml: <|im_start|>
     and <|im_end|> are added, the embedding and head grow by two rows, each the mean of the old rows (lr 0: the

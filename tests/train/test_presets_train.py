@@ -11,6 +11,7 @@ PRESETS = ["gpt2_tiny", "llama3_tiny", "qwen3_tiny", "deepseek_v3_tiny", "qwen3_
 MOE = {"deepseek_v3_tiny", "qwen3_next_tiny", "qwen3_moe_tiny", "gpt_oss_tiny", "longcat_flash_tiny", "kimi_k2_tiny"}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_pretrains(prepared_data, tmp_path, preset):
     run_dir = tmp_path / preset

@@ -20,7 +20,7 @@ import torch
 
 from tests.train_helpers import FAST, consumed_indices, losses, spawn
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 STEPS = ["trainer.max_steps=10"]
 ROUTER = "model.ffns.moe.moe.router"
