@@ -91,7 +91,7 @@ def test_reference_free_first_loss_equals_the_pairs_mean(prepared_data, start_mo
                  f"dpo.loss_type={loss_type}", "dpo.beta=2.0", "trainer.record_samples=true")
     config = OmegaConf.load(run_dir / "config.yaml")
     tokenizer = Tokenizer.from_file(str(Path(start_model) / "tokenizer.json"))
-    train, _, _ = load_pairs(ChatSource(), tokenizer, config.data.seq_len, config.data.chat_val_fraction)
+    train = load_pairs(ChatSource(), tokenizer, config.data.seq_len, config.data.chat_val_fraction).train
     order = EpochOrder(len(train), config.data.seed, shuffle=True)
     indices = json.loads((run_dir / "samples" / "rank_0.jsonl").read_text().splitlines()[0])["indices"]
     model = load_model(start_model).eval()
@@ -197,7 +197,7 @@ def qwen_sft(prepared_data, tmp_path_factory):
 
 
 def conversations_in(windows, pad_id):
-    """The (tokens, labels) of each conversation packed into the windows, in order."""
+    """The (tokens, labels) of each conversation packed into the windows, window by window."""
     found = []
     for i in range(len(windows)):
         w = windows[i]
@@ -220,7 +220,8 @@ def test_sft_from_a_hugging_face_template_equals_trls_masks_and_a_restart_reuses
     chat = chat_format(str(folder))
     train_rows, _ = split_held_out(SFT_ROWS, 0.05)
     expected = [(r["input_ids"], r["labels"]) for r in trl_sft(chat, train_rows, tmp_path, assistant_only_loss=False)]
-    assert conversations_in(SFTWindows.load(cache, "train"), chat.pad_id) == expected
+    # best-fit-decreasing packing places conversations out of their order: compare them as a multiset
+    assert sorted(conversations_in(SFTWindows.load(cache, "train"), chat.pad_id)) == sorted(expected)
     built = (cache / "meta.json").stat().st_mtime_ns
 
     second = run_training(run, prepared_data, *args, "trainer.max_steps=3")
