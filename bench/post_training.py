@@ -235,17 +235,19 @@ def trl_dpo_dataset(config):
 
 
 def child(args, row: str, side: str, work: Path, device: torch.device) -> Measured:
-    """One run of one side on one row."""
+    """One run of one side on one row, in a fresh run folder (nothing of an earlier run is read again, such
+    as its precomputed reference log-probs)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(work / "init" / "tokenizer.json"))
     data_file = Path(args.shared) / DATA_FILES[row[:3]]
     steps = args.warmup + args.steps
-    config = project_config(row, work / "init", data_file, args.rows, steps, work / f"ours-{ROWS.index(row)}", device)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{side}-", dir=work))
+    config = project_config(row, work / "init", data_file, args.rows, steps, run_dir, device)
     if side == "llm-blocks":
         return project(config, tokenizer.token_to_id("<|pad|>") or 0, args.warmup, device)
     dataset = trl_sft_dataset(config, tokenizer) if row.startswith("SFT") else trl_dpo_dataset(config)
-    return trl_run(row, work / "hf", dataset, steps, args.warmup, work / f"trl-{ROWS.index(row)}", device)
+    return trl_run(row, work / "hf", dataset, steps, args.warmup, run_dir, device)
 
 
 def run_child(argv, rows, side: str, work: Path) -> list:
