@@ -86,7 +86,7 @@ def time_steps(step_fn, data, device: torch.device, warmup: int = 2):
 def ours(config: TrainConfig, data, device: torch.device) -> float:
     trainer = Trainer(config)
     try:
-        return time_steps(lambda batch: trainer.train_step([batch]), data, device)
+        return time_steps(lambda batch: trainer.train_step([batch], report=False), data, device)
     finally:
         trainer.close()
 
@@ -120,7 +120,7 @@ def checkpoint_blocking(data: str, run_root: Path, data_batches, device: torch.d
         trainer = Trainer(config)
         try:
             for step in range(1, 4):
-                trainer.train_step([data_batches[step % len(data_batches)]])
+                trainer.train_step([data_batches[step % len(data_batches)]], report=False)
                 trainer.progress.step = step
                 trainer.checkpointer.save(step)
             trainer.checkpointer.wait()
