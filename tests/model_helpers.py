@@ -5,6 +5,18 @@ import torch
 from train.model import load_model
 
 
+def perturbed(model, bias_scale: float = 0.1, router_suffix: str = "router.gate.weight"):
+    """`model` with its 1-D parameters (norms, biases) moved off their init and its routers made decisive, so
+    a parity check sees every weight; in place, returned for chaining."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 1:
+                param.add_(bias_scale * torch.randn_like(param))
+            if name.endswith(router_suffix):
+                param.normal_(0, 1.0)
+    return model
+
+
 def hf_logits(model, ids):
     """A transformers model's logits, without gradients."""
     with torch.no_grad():

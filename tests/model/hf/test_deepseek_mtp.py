@@ -10,17 +10,12 @@ from transformers.modeling_layers import MtpModel
 
 from train.model import build_model, load_model
 from train.model.hf import export_hf
+from tests.model_helpers import perturbed
 
 
 def mtp_model(tmp_path):
     torch.manual_seed(0)
-    model = build_model("deepseek_v3_tiny", init_std=0.1, **{"mtp.depth": 2}).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 1:
-                param.add_(0.1 * torch.randn_like(param))
-            if name.endswith("router.gate.weight"):
-                param.normal_(0, 1.0)
+    model = perturbed(build_model("deepseek_v3_tiny", init_std=0.1, **{"mtp.depth": 2}).eval())
     export_hf(model, tmp_path / "hf")
     return model
 

@@ -13,7 +13,7 @@ from transformers import (DeepseekV3Config, DeepseekV3ForCausalLM, GptOssConfig,
 
 from train.model import build_model, load_model
 from train.model.hf import export_hf
-from tests.model_helpers import hf_roundtrip
+from tests.model_helpers import hf_roundtrip, perturbed as perturbed_weights
 
 SMALL = dict(vocab_size=96, hidden_size=64, max_position_embeddings=256, initializer_range=0.1, attn_implementation="eager")
 MLA = dict(num_attention_heads=4, num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12)
@@ -133,13 +133,8 @@ def test_zero_experts_and_bias_take_part_in_longcat_routing(loaded):
 
 def perturbed(preset):
     torch.manual_seed(0)
-    model = build_model(preset, init_std=0.1).eval()
+    model = perturbed_weights(build_model(preset, init_std=0.1).eval())
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 1:
-                param.add_(0.1 * torch.randn_like(param))
-            if name.endswith("router.gate.weight"):
-                param.normal_(0, 1.0)
         for name, buffer in model.named_buffers():
             if name.endswith("score_correction_bias"):
                 buffer.copy_(0.05 * torch.randn_like(buffer))
