@@ -20,7 +20,14 @@ built with the split, an object with
     gather(x, dim)         -> x of all L tokens along `dim` (autograd: its backward sums the gradients back)
 Positions and masks then use window positions: a query at window position i sees the keys at positions
 j <= i (inside the window, in its document), whichever device they came from, and attention runs over
-the gathered keys and values (`keys`). Recurrent mixers do not support a split sequence (yet).
+the gathered keys and values (`keys`). The linear mixers (recurrent scans) need three more:
+    pieces                 how many runs of consecutive window tokens this forward holds, one after another
+    previous(x, n)         -> [B, pieces, n, ...] the n window tokens before each run (zeros before the
+                           window's start): a short convolution's left context (causal_conv.py)
+    to_heads(x_BHTX)       -> [B, H / devices, window, X] every window token, in window order, of this
+                           device's share of the heads; `to_tokens` is its inverse: a scan then runs over
+                           the whole window, head by head (linear_scan.scan_window)
+Each is differentiable: the backward sends the gradients back to the devices that hold the tokens.
 """
 
 from functools import cached_property
@@ -71,12 +78,19 @@ class Documents:
         return resets_BT
 
     @cached_property
+    def window(self) -> "Documents":
+        """The documents of the whole window in window order (this forward's own without a split)."""
+        if self.split is None:
+            return self
+        window_BL = torch.empty_like(self.key_doc_ids_BL)
+        window_BL[:, self.key_index_L] = self.key_doc_ids_BL
+        return Documents(window_BL)
+
+    @cached_property
     def positions_BT(self) -> torch.Tensor:
         """Position of each token inside its document: its index minus the index of its document's start."""
-        if self.split is not None:  # from the whole window's documents, in window order
-            window_BL = torch.empty_like(self.key_doc_ids_BL)
-            window_BL[:, self.key_index_L] = self.key_doc_ids_BL
-            return Documents(window_BL).positions_BT[:, self.query_index_T]
+        if self.split is not None:  # from the whole window's documents
+            return self.window.positions_BT[:, self.query_index_T]
         B, T = self.doc_ids_BT.shape
         index_BT = torch.arange(T, device=self.doc_ids_BT.device).expand(B, T)
         return index_BT - torch.where(self.starts_BT, index_BT, 0).cummax(dim=1).values
@@ -179,6 +193,11 @@ def build_block_mask(mask_mod, B: int | None, T: int, device: torch.device) -> B
             _compiled_create_block_mask = torch.compile(create_block_mask)
         build = _compiled_create_block_mask
     return build(mask_mod, B, None, T, T, device=device)
+
+
+def is_split(documents: Documents | None) -> bool:
+    """True when this forward holds only part of each window (context parallelism)."""
+    return documents is not None and documents.split is not None
 
 
 def check_no_documents_with_cache(documents, cache) -> None:

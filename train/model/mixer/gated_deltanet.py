@@ -9,9 +9,11 @@ chunked in training (fla's kernel on CUDA where installed, kernels.py) and recur
 token; a gated RMSNorm per value head, norm(y) * silu(z); out_proj. Each key head serves num_value_heads / num_key_heads value heads.
 
 Decode state: conv state [B, 2*Hk*K + Hv*V, kernel-1] and delta-rule state [B, Hv, K, V], fixed size.
-Documents: the conv taps and the state stop at document starts.
+Documents: the conv taps and the state stop at document starts. A split sequence (context parallelism)
+runs the PyTorch conv and scan (causal_conv.py, linear_scan.scan_window), not the kernels.
 """
 
+import functools
 import math
 
 import torch
@@ -19,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.config import MixerConfig, ModelConfig
-from train.model.documents import Documents, check_no_documents_with_cache
+from train.model.documents import Documents, check_no_documents_with_cache, is_split
 from train.model.kv_cache import KVCache
 from train.model.mixer import kernels
 from train.model.mixer.causal_conv import CausalConv1d
 from train.model.mixer.delta_rule import chunked_delta_rule, recurrent_delta_rule
+from train.model.mixer.linear_scan import scan_window
 from train.model.norm import GatedRMSNorm
 from train.model.registry import register_mixer
 
@@ -84,17 +87,14 @@ class GatedDeltaNet(nn.Module):
         log_decay_BTH = -self.A_log.float().exp() * F.softplus(a_BTH.float() + self.dt_bias.float())
         state = None if cache is None else cache.get_state(self.layer_idx, "recurrent")
         chunked = not (recurrent or (cache is not None and T == 1))
-        if chunked and kernels.runs(self.linear_kernels, "fla", v_BTHV):
+        if chunked and kernels.runs(self.linear_kernels, "fla", v_BTHV) and not is_split(documents):
             y_BTHV, state = kernels.gated_delta_rule(q_BTHK, k_BTHK, v_BTHV, log_decay_BTH, beta_BTH, documents, state,
                                                      output_final_state=cache is not None)
         else:
             q_BTHK = l2_normalize(q_BTHK.float()) / math.sqrt(K)
             args = [t.transpose(1, 2) for t in (q_BTHK, l2_normalize(k_BTHK.float()), v_BTHV, log_decay_BTH, beta_BTH)]
-            reset_BT = None if documents is None else documents.resets_BT
-            if chunked:
-                y_BHTV, state = chunked_delta_rule(*args, reset_BT, state, self.chunk_size)
-            else:
-                y_BHTV, state = recurrent_delta_rule(*args, reset_BT, state)
+            scan = functools.partial(chunked_delta_rule, chunk=self.chunk_size) if chunked else recurrent_delta_rule
+            y_BHTV, state = scan_window(scan, documents, *args, state=state)
             y_BTHV = y_BHTV.transpose(1, 2)
         if cache is not None:
             cache.set_state(self.layer_idx, "conv", conv_state)

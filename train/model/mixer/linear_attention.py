@@ -6,8 +6,11 @@ softmax(q k^T) is replaced by phi(q) phi(k)^T with phi(x) = elu(x) + 1 (their eq
 (eq. 16-20). The normaliser z rides along as an extra all-ones value column, so one scan
 (linear_scan.py, chunked for training, recurrent for decoding) computes numerator and denominator.
 The decode state is S and z: heads * head_dim * (head_dim + 1) numbers, whatever the context.
-Documents reset the state at their first token.
+Documents reset the state at their first token; a split sequence (context parallelism) is scanned whole,
+a share of the heads on each device (linear_scan.scan_window).
 """
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +19,7 @@ from torch import nn
 from train.model.config import MixerConfig, ModelConfig
 from train.model.documents import Documents, check_no_documents_with_cache
 from train.model.kv_cache import KVCache
-from train.model.mixer.linear_scan import chunked_linear_attention, recurrent_linear_attention
+from train.model.mixer.linear_scan import chunked_linear_attention, recurrent_linear_attention, scan_window
 from train.model.registry import register_mixer
 
 
@@ -40,11 +43,11 @@ class LinearAttention(nn.Module):
         q_BHTK, k_BHTK = F.elu(q_BHTK.float()) + 1, F.elu(k_BHTK.float()) + 1
         v1_BHTV = torch.cat([v_BHTK.float(), v_BHTK.new_ones(B, H, T, 1, dtype=torch.float32)], dim=-1)
         state = None if cache is None else cache.get_state(self.layer_idx, "recurrent")
-        reset_BT = None if documents is None else documents.resets_BT
         if recurrent or (cache is not None and T == 1):
-            y_BHTV, state = recurrent_linear_attention(q_BHTK, k_BHTK, v1_BHTV, None, reset_BT, state)
+            scan = recurrent_linear_attention
         else:
-            y_BHTV, state = chunked_linear_attention(q_BHTK, k_BHTK, v1_BHTV, None, reset_BT, state, self.chunk_size)
+            scan = functools.partial(chunked_linear_attention, chunk=self.chunk_size)
+        y_BHTV, state = scan_window(scan, documents, q_BHTK, k_BHTK, v1_BHTV, None, state=state)
         if cache is not None:
             cache.set_state(self.layer_idx, "recurrent", state)
         y_BHTK = y_BHTV[..., :K] / (y_BHTV[..., K:] + self.eps)

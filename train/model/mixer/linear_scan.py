@@ -14,10 +14,15 @@ state [B, H, K, V]; all computed in fp32. No float cumsum: torch.cumsum of CUDA 
 torch.use_deterministic_algorithms(True), so the in-chunk cumulative log decay is `prefix_sum`.
 On CUDA with fla / mamba_ssm installed the mixers run those libraries' kernels instead (kernels.py);
 this file is the fallback and the reference.
+
+`scan_window` runs a scan of either form (or the delta rule's) over a forward's documents; a split
+sequence (context parallelism) is scanned whole, each device taking a share of the heads.
 """
 
 import torch
 import torch.nn.functional as F
+
+from train.model.documents import Documents, is_split
 
 
 def recurrent_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset_BT=None, state_BHKV=None):
@@ -83,3 +88,19 @@ def chunked_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset_B
         ys.append(y_intra_BHNCV[:, :, n] + q_from_start[:, :, n] @ S_BHKV)
         S_BHKV = S_BHKV * chunk_decay[:, :, n, None, None] + k_to_end[:, :, n].transpose(-1, -2) @ v[:, :, n]
     return torch.cat(ys, dim=2)[:, :, :T], S_BHKV
+
+
+def scan_window(scan, documents: Documents | None, *inputs, state=None):
+    """scan(*inputs, reset_BT, state) -> (y [B, H, T, V], final state) over this forward's tokens, reset at
+    its document starts. `inputs` are per-head tensors [B, H, T, ...] (or None). For a split sequence
+    (context parallelism) the scan runs over the whole window instead, in window order, on this device's
+    share of the heads: the split exchanges the inputs (`to_heads`, an all-to-all) and the outputs back
+    (`to_tokens`), so the state runs through the window exactly as on one device, with no state passed
+    between devices (the all-to-all form of Megatron-LM's context parallelism for Mamba). Heads are
+    independent, so the result is the unsplit scan's. A split sequence never carries a decoding state."""
+    if not is_split(documents):
+        return scan(*inputs, None if documents is None else documents.resets_BT, state)
+    split = documents.split
+    heads = [None if x is None else split.to_heads(x) for x in inputs]
+    y_BhLV, _ = scan(*heads, documents.window.resets_BT, None)
+    return split.to_tokens(y_BhLV), None

@@ -10,9 +10,11 @@ token; mamba_ssm's SSD kernel on CUDA where installed, kernels.py). Output: RMSN
 group (norm before gate = False, as mamba_ssm), out_proj.
 
 Decode state: conv state [B, conv_dim, kernel-1] and SSM state [B, H, state_size, head_dim], fixed size.
-Documents: the conv taps and the SSM state stop at document starts.
+Documents: the conv taps and the SSM state stop at document starts. A split sequence (context parallelism)
+runs the PyTorch conv and scan (causal_conv.py, linear_scan.scan_window), not the kernels.
 """
 
+import functools
 import math
 
 import torch
@@ -20,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.config import MixerConfig, ModelConfig
-from train.model.documents import Documents, check_no_documents_with_cache
+from train.model.documents import Documents, check_no_documents_with_cache, is_split
 from train.model.kv_cache import KVCache
 from train.model.mixer import kernels
 from train.model.mixer.causal_conv import CausalConv1d
-from train.model.mixer.linear_scan import chunked_linear_attention, recurrent_linear_attention
+from train.model.mixer.linear_scan import chunked_linear_attention, recurrent_linear_attention, scan_window
 from train.model.norm import GatedRMSNorm
 from train.model.registry import register_mixer
 
@@ -71,7 +73,7 @@ class Mamba2(nn.Module):
         A_H = -self.A_log.float().exp()
         state = None if cache is None else cache.get_state(self.layer_idx, "recurrent")
         chunked = not (recurrent or (cache is not None and T == 1))
-        if chunked and kernels.runs(self.linear_kernels, "mamba_ssm", x_BTI):
+        if chunked and kernels.runs(self.linear_kernels, "mamba_ssm", x_BTI) and not is_split(documents):
             y_BTHP, state = kernels.ssd(
                 x_BTI.view(B, T, H, P), dt_BTH, A_H, B_BTGN.view(B, T, G, N), C_BTGN.view(B, T, G, N), self.D, self.dt_bias,
                 (self.config.dt_limit_min, self.config.dt_limit_max), self.config.chunk_size, documents, state,
@@ -97,11 +99,10 @@ class Mamba2(nn.Module):
         B_BHTN = B_BTGN.view(B, T, G, N).repeat_interleave(H // G, dim=2).transpose(1, 2).float()
         C_BHTN = C_BTGN.view(B, T, G, N).repeat_interleave(H // G, dim=2).transpose(1, 2).float()
         dt_BHT = dt_BTH.transpose(1, 2)
-        args = (C_BHTN, B_BHTN * dt_BHT[..., None], x_BHTP, dt_BHT * A_H[:, None], None if documents is None else documents.resets_BT)
-        if chunked:
-            y_BHTP, state = chunked_linear_attention(*args, state, self.config.chunk_size)
-        else:
-            y_BHTP, state = recurrent_linear_attention(*args, state)
+        scan = functools.partial(chunked_linear_attention, chunk=self.config.chunk_size) if chunked else \
+            recurrent_linear_attention
+        y_BHTP, state = scan_window(scan, documents, C_BHTN, B_BHTN * dt_BHT[..., None], x_BHTP, dt_BHT * A_H[:, None],
+                                    state=state)
         y_BHTP = y_BHTP + self.D.float()[:, None, None] * x_BHTP
         return y_BHTP.transpose(1, 2).reshape(B, T, self.inner), state
 
