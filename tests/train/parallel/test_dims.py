@@ -45,6 +45,7 @@ def test_sizes_that_do_not_divide_out_are_refused(world, sizes, message):
     ("mamba2_tiny", {}, dict(cp=8), r"model.mixers.ssm.mamba2.num_heads=4 is not divisible by parallel.cp=8"),
     ("qwen3_next_tiny", {}, dict(cp=8),
      r"model.mixers.linear.gated_deltanet.num_value_heads=4 is not divisible by parallel.cp=8"),
+    ("deepseek_v3_tiny", {}, dict(tp=8), r"model.mixers.mla.mla.num_heads=4 is not divisible by parallel.tp=8"),
     ("gpt_oss_tiny", {}, dict(tp=2), r"attention.sinks is not supported with parallel.tp=2"),
     ("qwen3_moe_tiny", {}, dict(ep=3, dp_shard=3), r"8 experts cannot be split over parallel.ep=3"),
     ("llama3_tiny", {"mtp.depth": 1}, dict(tp=2), r"model.mtp and model.residual .* parallel.tp=2, parallel.cp=1"),

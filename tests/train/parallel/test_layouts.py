@@ -1,14 +1,17 @@
 """Tensor (+sequence) and context parallelism, alone, together and with FSDP and expert parallelism, against
 one process: the Trainer itself runs each layout for 10 steps (tiny Llama and Qwen3-MoE, fp32, 64-token
-windows, 8 per step) and must give the same losses and the same first-step gradients; a checkpoint saved
-as tp2 x dp2 resumes as dp4 and as one process with the same next losses and the data stream's exact
-position; CP with document masks and a sliding window equals the whole-window model (outputs and
-gradients; softmax attention and MLA).
+windows, 8 per step; the linear mixers under CP: the Qwen3-Next hybrid with Gated DeltaNet at cp2, Mamba2
+at cp2 x dp2; MLA under TP: DeepSeek-V3 at tp2) and must give the same losses and the same first-step
+gradients; a checkpoint saved as tp2 x dp2 resumes as dp4 and as one process with the same next losses and
+the data stream's exact position; CP with document masks and a sliding window equals the whole-window
+model (outputs and gradients; softmax attention and MLA; the linear mixers' own check is
+test_mixer_splits.py).
 
 Each world size is one spawn whose processes run all its layouts one after another (the imports are paid
-once): 4 ranks (6 runs and reading initial weights under tp2 x dp2), 1 rank (the references and a resume),
-2 ranks (2 runs and the CP check): all in the module's fixture, shared by the tests below. About 12 minutes
-on 2 cores shared with other jobs (load ~25); a quiet machine should take a fraction of that.
+once): 4 ranks (7 runs and reading initial weights under tp2 x dp2), 1 rank (the references and a resume),
+2 ranks (4 runs and the CP check): all in the module's fixture, shared by the tests below. About 12 minutes
+on 2 cores shared with other jobs (load ~25), of which the Qwen3-Next, Mamba2 and DeepSeek-V3 runs and their
+references take about 1.5; a quiet machine should take a fraction of that.
 """
 
 import os
@@ -30,6 +33,7 @@ MOE = ["model=qwen3_moe_tiny", f"{ROUTER}.aux_loss_kind=sequence"]
 # aux-loss-free update, from the loads summed over all ranks)
 MOE_AUX_FREE = ["model=qwen3_moe_tiny", f"{ROUTER}.aux_loss_coef=0", f"{ROUTER}.score_correction_bias=true",
                 f"{ROUTER}.bias_update_speed=0.01"]
+QWEN3_NEXT_AUX_FREE = ["model=qwen3_next_tiny", *MOE_AUX_FREE[1:]]  # Gated DeltaNet, attention, MoE
 SAVED = ["checkpoint.every=5", "checkpoint.keep=3", "trainer.record_samples=true"]
 RESUME = "tp2-dp2"  # the run whose step-5 checkpoint the resumes start from
 # (run name, overrides, the run whose step-5 checkpoint it resumes from), per world size
@@ -39,14 +43,19 @@ RUNS = {
         ("tp2-cp2", ["parallel.tp=2", "parallel.cp=2"], None),
         ("moe-tp2-dp2", [*MOE, "parallel.tp=2"], None),
         ("moe-cp2-ep2", [*MOE_AUX_FREE, "parallel.cp=2", "parallel.ep=2"], None),
+        ("mamba2-cp2-dp2", ["model=mamba2_tiny", "parallel.cp=2"], None),
         ("resume-dp4", ["trainer.record_samples=true"], RESUME)],
     1: [("dense", [], None), ("moe", MOE, None), ("moe-aux-free", MOE_AUX_FREE, None),
-        ("resume-one", ["trainer.record_samples=true"], RESUME)],
-    2: [("tp2", ["parallel.tp=2"], None), ("cp2", ["parallel.cp=2"], None)],
+        ("qwen3-next", QWEN3_NEXT_AUX_FREE, None), ("mamba2", ["model=mamba2_tiny"], None),
+        ("mla", ["model=deepseek_v3_tiny"], None), ("resume-one", ["trainer.record_samples=true"], RESUME)],
+    2: [("tp2", ["parallel.tp=2"], None), ("cp2", ["parallel.cp=2"], None),
+        ("qwen3-next-cp2", [*QWEN3_NEXT_AUX_FREE, "parallel.cp=2"], None),
+        ("mla-tp2", ["model=deepseek_v3_tiny", "parallel.tp=2"], None)],
 }
 # each layout's one-process run (the same settings but the parallel.* ones)
 REFERENCE = {"tp2-dp2": "dense", "cp2-dp2": "dense", "tp2-cp2": "dense", "moe-tp2-dp2": "moe",
-             "moe-cp2-ep2": "moe-aux-free", "tp2": "dense", "cp2": "dense"}
+             "moe-cp2-ep2": "moe-aux-free", "mamba2-cp2-dp2": "mamba2", "tp2": "dense", "cp2": "dense",
+             "qwen3-next-cp2": "qwen3-next", "mla-tp2": "mla"}
 
 
 def full(name, tensor, dims):

@@ -1,8 +1,9 @@
-"""The mixers context parallelism splits, model by model against the whole model on one process (no
-trainer): under CP (2 ranks, zig-zag chunks of 64-token windows) Gated DeltaNet (the Qwen3-Next hybrid,
+"""The mixers context and tensor parallelism split, model by model against the whole model on one process
+(no trainer): under CP (2 ranks, zig-zag chunks of 64-token windows) Gated DeltaNet (the Qwen3-Next hybrid,
 with its attention and MoE layers), Mamba2, kernel linear attention and the Falcon-H1 parallel hybrid,
-with and without packed documents (starts on a chunk boundary and inside a convolution's reach of one).
-Each rank's output and the gradients summed over the ranks must equal the whole model's: outputs
+with and without packed documents (starts on a chunk boundary and inside a convolution's reach of one);
+under TP (2 ranks) MLA, whose shared rope key needs its gradient summed over the ranks. Each rank's output
+and the gradients summed over the ranks (CP) or seen whole (TP) must equal the whole model's: outputs
 within 1e-5 of the largest, gradients within 5e-5 of each tensor's largest (Gated DeltaNet's A_log and
 dt_bias gradients sum many cancelling terms: on one process they move by 1.2e-5 when the convolution
 runs through its document-masked taps instead of F.conv1d, by 2e-4 with 64-token instead of 8-token chunks;
@@ -11,6 +12,7 @@ the split model gives 8.6e-6, everything else below 2e-6).
 One spawn of 2 gloo processes runs every case (about 25 s on 2 quiet cores, most of it the imports).
 """
 
+import copy
 import os
 
 import pytest
@@ -29,7 +31,7 @@ CP_MODELS = {  # chunks of 8 tokens: several scan chunks in each 16-token zig-za
                                                          "linear_attention": {"num_heads": 4, "chunk_size": 8}}}),
     "parallel_hybrid": ("falcon_h1_tiny", {"mixers.hybrid.parallel_hybrid.mamba2.chunk_size": 8}),
 }
-CASES = [f"cp {name} {docs}" for name in CP_MODELS for docs in ("documents", "one document")]
+CASES = [f"cp {name} {docs}" for name in CP_MODELS for docs in ("documents", "one document")] + ["tp mla"]
 
 
 def batch():
@@ -82,6 +84,29 @@ def context_parallel_errors(preset, overrides, with_documents):
     return errors
 
 
+def tensor_parallel_mla_errors():
+    """Output and gradient errors of deepseek_v3_tiny (MLA with q_lora, a dense and an MoE layer) with its
+    layers split over the 2 ranks by the TP plan."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    from train.parallel.tensor import apply_tensor_parallel
+
+    model = whole_model("deepseek_v3_tiny", {})
+    ids_BT, doc_ids_BT = batch()
+    cotangent_BTD = torch.randn(B, T, model.config.dim, generator=torch.Generator().manual_seed(3))
+    split_model = copy.deepcopy(model)
+    reference_BTD = forward_backward(model, ids_BT, doc_ids_BT, cotangent_BTD)
+    apply_tensor_parallel(split_model, init_device_mesh("cpu", (2,), mesh_dim_names=("tp",)))
+    errors = {"output": relative(forward_backward(split_model, ids_BT, doc_ids_BT, cotangent_BTD), reference_BTD)}
+    for name, param in model.named_parameters():
+        if param.grad is None:  # the output head: hidden_states does not use it
+            continue
+        grad = split_model.get_parameter(name).grad
+        errors[name] = relative(grad.full_tensor() if isinstance(grad, DTensor) else grad, param.grad)
+    return errors
+
+
 def splits_worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
@@ -92,6 +117,7 @@ def splits_worker(rank, world, port, out):
     for name, (preset, overrides) in CP_MODELS.items():
         errors[f"cp {name} documents"] = context_parallel_errors(preset, overrides, with_documents=True)
         errors[f"cp {name} one document"] = context_parallel_errors(preset, overrides, with_documents=False)
+    errors["tp mla"] = tensor_parallel_mla_errors()
     torch.save(errors, os.path.join(out, f"errors_{rank}.pt"))
     dist.destroy_process_group()
 
