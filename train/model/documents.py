@@ -40,7 +40,7 @@ class Documents:
     def __init__(self, doc_ids_BT: torch.Tensor, split=None):
         self.doc_ids_BT = doc_ids_BT
         self.split = split  # None: the whole window is here; else how it is spread (module docstring)
-        self.masks: dict = {}  # (kind, window) -> the mask, built on first use
+        self.masks: dict = {}  # (kind, window or n) -> the mask or ids, built on first use
 
     @cached_property
     def query_index_T(self) -> torch.Tensor:
@@ -62,6 +62,14 @@ class Documents:
     def keys(self, x_BGTX: torch.Tensor) -> torch.Tensor:
         """Keys or values [B, G, T, X] of this forward's tokens -> those of every token attention sees [B, G, L, X]."""
         return x_BGTX if self.split is None else self.split.gather(x_BGTX, 2)
+
+    def previous_doc_ids(self, n: int) -> torch.Tensor:
+        """[B, pieces, n]: the documents of the n window tokens before each run of this forward's tokens
+        (a split sequence; a convolution's left context), gathered once per forward and n."""
+        key = ("previous", n)
+        if key not in self.masks:
+            self.masks[key] = self.split.previous(self.doc_ids_BT, n)
+        return self.masks[key]
 
     @cached_property
     def starts_BT(self) -> torch.Tensor:

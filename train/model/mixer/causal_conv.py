@@ -73,7 +73,7 @@ class CausalConv1d(nn.Conv1d):
             return t_BT_.unflatten(1, (split.pieces, -1)).flatten(0, 1)
 
         before_rkC = split.previous(x_BTC, K - 1).flatten(0, 1)
-        docs_before_rk = split.previous(documents.doc_ids_BT, K - 1).flatten(0, 1)
+        docs_before_rk = documents.previous_doc_ids(K - 1).flatten(0, 1)
         ext_rCL = torch.cat([before_rkC, rows(x_BTC)], dim=1).transpose(1, 2)
         y_rCt = self.taps(ext_rCL, torch.cat([docs_before_rk, rows(documents.doc_ids_BT)], dim=1))
         return F.silu(y_rCt).transpose(1, 2).reshape(B, T, C)
