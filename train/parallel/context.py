@@ -70,8 +70,8 @@ def context_parallel_problems(model: ModelConfig, cp: int) -> list[str]:
             problems.append(f"model.mixers.{name}: kind {mixer.kind} is not supported with parallel.cp={cp} "
                             f"(supported: {', '.join(CP_MIXERS)})")
         elif (heads := scan_heads(mixer)) is not None and heads[1] % cp:
-            problems.append(f"model.mixers.{name}.{heads[0]}={heads[1]} is not divisible by parallel.cp={cp} (each cp rank "
-                            "scans the whole window for a share of the heads)")
+            problems.append(f"model.mixers.{name}.{heads[0]}={heads[1]} is not divisible by parallel.cp={cp} "
+                            "(each cp rank scans the whole window for a share of the heads)")
     if model.shortcut_moe is not None:
         problems.append(f"model.shortcut_moe is not supported with parallel.cp={cp}")
     return problems
@@ -123,7 +123,7 @@ class ZigZagSplit:
     def to_heads(self, x_BHT_: torch.Tensor) -> torch.Tensor:
         """This rank's tokens of all H heads [B, H, T, ...] -> all window tokens of its H / cp heads
         [B, H / cp, cp x T, ...], in window order (an all-to-all; the backward is the reverse one)."""
-        B, H, T = x_BHT_.shape[:3]
+        H, T = x_BHT_.shape[1:3]
         if H % self.size:
             raise ValueError(f"{H} heads cannot be split over parallel.cp={self.size} ranks")
         send_CBhT_ = x_BHT_.unflatten(1, (self.size, H // self.size)).movedim(1, 0).contiguous()  # block j -> rank j
@@ -133,8 +133,7 @@ class ZigZagSplit:
 
     def to_tokens(self, y_BhL_: torch.Tensor) -> torch.Tensor:
         """The inverse of `to_heads`: all window tokens of this rank's heads -> its own tokens of all heads."""
-        B, h, L = y_BhL_.shape[:3]
-        T = L // self.size
+        T = y_BhL_.shape[2] // self.size
         keys_BhL_ = y_BhL_.index_select(2, self.key_index(T, y_BhL_.device))
         send_CBhT_ = keys_BhL_.unflatten(2, (self.size, T)).movedim(2, 0).contiguous()  # rank j's tokens -> rank j
         received_CBhT_ = all_to_all_single_autograd(send_CBhT_, None, None, self.group)  # heads block j from rank j
