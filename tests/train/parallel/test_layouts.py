@@ -10,8 +10,8 @@ test_mixer_splits.py).
 Each world size is one spawn whose processes run all its layouts one after another (the imports are paid
 once): 4 ranks (7 runs and reading initial weights under tp2 x dp2), 1 rank (the references and a resume),
 2 ranks (4 runs and the CP check): all in the module's fixture, shared by the tests below. About 12 minutes
-on 2 cores shared with other jobs (load ~25), of which the Qwen3-Next, Mamba2 and DeepSeek-V3 runs and their
-references take about 1.5; a quiet machine should take a fraction of that.
+on 2 cores shared with other jobs at load ~25; 4.9 minutes at load 4-7 with the Qwen3-Next, Mamba2 and
+DeepSeek-V3 runs, which with their references take about 1.5 of them.
 """
 
 import os

@@ -9,7 +9,7 @@ dt_bias gradients sum many cancelling terms: on one process they move by 1.2e-5 
 runs through its document-masked taps instead of F.conv1d, by 2e-4 with 64-token instead of 8-token chunks;
 the split model gives 8.6e-6, everything else below 2e-6).
 
-One spawn of 2 gloo processes runs every case (about 25 s on 2 quiet cores, most of it the imports).
+One spawn of 2 gloo processes runs every case: 26-31 s on 2 cores shared with other jobs (load ~4).
 """
 
 import copy
