@@ -19,6 +19,7 @@ def sweep(out, data, *args, nproc=2):
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.heavy  # the sweep machinery stays in CI through the failed-point test
 def test_attention_sweep_reports_every_point(tmp_path, prepared_data):
     points = ["mha", "gqa", "mqa", "mla", "gated_deltanet"]
     result = sweep(tmp_path, prepared_data, "sweep=attention", f"--points={','.join(points)}")
@@ -30,6 +31,7 @@ def test_attention_sweep_reports_every_point(tmp_path, prepared_data):
     assert [row["point"] for row in json.loads((tmp_path / "report.json").read_text())["rows"]] == points
 
 
+@pytest.mark.heavy  # the sweep machinery stays in CI through the failed-point test
 def test_ffn_sweep_on_one_process(tmp_path, prepared_data):
     points = ["swiglu", "mlp", "moe"]
     result = sweep(tmp_path, prepared_data, "sweep=ffn", f"--points={','.join(points)}", nproc=1)
@@ -65,6 +67,7 @@ def test_failed_point_is_reported_and_rerun_skips_finished(tmp_path, prepared_da
     assert rows[bad]["status"] == "failed" and rows[bad]["attempts"] == 1
 
 
+@pytest.mark.heavy  # the sweep machinery stays in CI through the failed-point test
 def test_two_seed_sweep_reports_means_and_intervals_of_its_runs(tmp_path, prepared_data):
     """~60 s here: 2 points x 2 seeds of 4 steps on one process each."""
     import math

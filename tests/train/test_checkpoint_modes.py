@@ -43,7 +43,7 @@ def test_every_mode_writes_the_same_state(saved, tmp_path, step):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("written, resumed", [("async", "sync"), ("async_process", "async"), ("sync", "async_process")])
+@pytest.mark.parametrize("written, resumed", [pytest.param("async", "sync", marks=pytest.mark.heavy), ("async_process", "async"), ("sync", "async_process")])
 def test_a_checkpoint_resumes_in_another_mode(saved, prepared_data, tmp_path, written, resumed):
     """Step 2's checkpoint of one mode continues in another to the same losses as the uninterrupted run."""
     run_dir = tmp_path / "run"

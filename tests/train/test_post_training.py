@@ -35,7 +35,7 @@ def start_model(prepared_data, tmp_path_factory):
     return str(run_dir / "model")
 
 
-@pytest.mark.parametrize("stage", ["midtrain", "sft", "dpo"])
+@pytest.mark.parametrize("stage", [pytest.param("midtrain", marks=pytest.mark.heavy), "sft", pytest.param("dpo", marks=pytest.mark.heavy)])
 def test_stage_resumes_after_a_killed_rank(prepared_data, start_model, tmp_path, stage):
     common = [f"stage={stage}", f"init.weights={start_model}", "trainer.max_steps=6", "checkpoint.every=3",
               "trainer.deterministic=true", "trainer.val_every=3", "trainer.val_samples=8"]

@@ -14,7 +14,7 @@ from tests.train_helpers import FAST, PATCHED, losses, metrics, run_training, wa
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, "stop file"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.heavy), pytest.param("stop file", marks=pytest.mark.heavy)])
 def test_signal_checkpoints_and_exits_cleanly_then_resumes(prepared_data, tmp_path, sig):
     """A signal to the process, or the run folder's stop file (what a SLURM batch script writes)."""
     run_dir = tmp_path / "run"

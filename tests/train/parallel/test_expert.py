@@ -91,7 +91,7 @@ def layer_worker(rank, world, port, ep, capacity_factor, out):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world,ep,capacity_factor", [(2, 2, None), (4, 2, None), (4, 4, None), (2, 2, 0.6)])
+@pytest.mark.parametrize("world,ep,capacity_factor", [(2, 2, None), pytest.param(4, 2, None, marks=pytest.mark.heavy), pytest.param(4, 4, None, marks=pytest.mark.heavy), (2, 2, 0.6)])
 def test_expert_parallel_layer_matches_one_process(world, ep, capacity_factor, tmp_path):
     spawn(layer_worker, world, ep, capacity_factor, str(tmp_path))
     for rank in range(world):

@@ -42,7 +42,7 @@ def one_process(prepared_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc,ep,replicate", [(2, 2, 1), (4, 2, 1), (4, 4, 1), (4, 2, 2)],
+@pytest.mark.parametrize("nproc,ep,replicate", [(2, 2, 1), pytest.param(4, 2, 1, marks=pytest.mark.heavy), pytest.param(4, 4, 1, marks=pytest.mark.heavy), (4, 2, 2)],
                          ids=["2ranks-ep2", "4ranks-ep2", "4ranks-ep4", "4ranks-hsdp2x2-ep2"])
 def test_expert_parallel_equals_one_process(prepared_data, one_process, tmp_path, nproc, ep, replicate):
     """Experts over edp = world / ep ranks; dense weights over the (replicate, shard) mesh (HSDP when replicate > 1)."""
