@@ -62,7 +62,7 @@ class Trainer:
             self.objective = ShardedSequences(self.objective, self.model.sequence_split)
         # with pipeline stages, the schedule runs the micro-batches through them (train/parallel/pipeline.py)
         self.pipeline = Pipeline(self.model, self.objective, config.parallel, self.dims.pp_mesh.get_group(), self.dims.tp,
-                                 self.plan.accumulation, self.plan.micro_batch, self.world.device) if self.dims.pp > 1 else None
+                                 self.plan.accumulation, self.world.device) if self.dims.pp > 1 else None
         self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.max_steps)
         self.progress = Progress()

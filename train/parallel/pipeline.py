@@ -52,7 +52,6 @@ from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
 from torch.distributed.tensor import DTensor
 
-from data.chat.template import IGNORE
 from train.config import ParallelConfig
 from train.model.config import ModelConfig, ResidualConfig
 from train.model.moe.layer import MoE
@@ -130,6 +129,9 @@ def pipeline_problems(parallel: ParallelConfig, model: ModelConfig, stage: str,
     if parallel.cp > 1:
         problems.append(f"parallel.cp={parallel.cp} with parallel.pp={pp}: context parallelism inside pipeline "
                         "stages is not done yet; use cp=1 or pp=1")
+    if name in ZERO_BUBBLE and parallel.reshard_after_forward:
+        problems.append(f"parallel.pp_schedule={name} needs parallel.reshard_after_forward=false: its weight "
+                        "gradients are taken apart from the rest of backward, from the gathered weights")
     if parallel.compile and name in ZERO_BUBBLE:
         problems.append(f"parallel.compile=true with parallel.pp_schedule={name}: the zero-bubble schedules split "
                         "backward in two, which torch.compile's blocks do not allow; use 1F1B or Interleaved1F1B")
@@ -292,35 +294,32 @@ def staged_model(model: Transformer, parallel: ParallelConfig, pp_rank: int, par
     return StagedModel(stages, [index for index, _ in parts], len(stage_layers(parallel, model.config.num_layers)), moe_sizes)
 
 
-def no_targets(batch: Dict[str, torch.Tensor], rows: int, counted: bool) -> Dict[str, torch.Tensor]:
-    """A validation batch grown to `rows` rows (its last repeated); the added rows, and every row when it is
-    not `counted`, have no targets, so they add nothing to the loss."""
-    missing = rows - batch["inputs"].shape[0]
-    grown = {key: torch.cat([batch[key], batch[key][-1:].expand(missing, -1)])
-             for key in ("inputs", "targets", "doc_ids") if key in batch}
-    grown["targets"][rows - missing if counted else 0 :] = IGNORE
-    return grown
-
-
 class Pipeline:
     """Runs micro-batches through this rank's stages under the schedule `parallel.pp_schedule`, built at the
     first step, when the micro-batch's shape is known (stages exchange fixed shapes)."""
 
     def __init__(self, model: StagedModel, objective, parallel: ParallelConfig, pp_group: dist.ProcessGroup, tp: int,
-                 micro_batches: int, rows: int, device: torch.device):
+                 micro_batches: int, device: torch.device):
         self.model, self.objective, self.pp_group, self.tp, self.device = model, objective, pp_group, tp, device
-        self.schedule_name, self.dtype = parallel.pp_schedule, DTYPES[parallel.param_dtype]
-        self.micro_batches, self.rows = micro_batches, rows
+        self.schedule_name, self.dtype, self.micro_batches = parallel.pp_schedule, DTYPES[parallel.param_dtype], micro_batches
+        # the global rank that runs each stage
+        self.stage_ranks = {stage: dist.get_global_rank(pp_group, rank) for rank in range(parallel.pp)
+                            for stage in rank_stages(parallel, rank)}
         self.schedule, self.scale, self.loss_sum = None, 1.0, None
         for stage in model.stages:
             stage.aux_weight = 1.0 / micro_batches
 
+    def hidden(self, tokens_BT: torch.Tensor, device) -> torch.Tensor:
+        """An empty tensor of the hidden states passed between stages for these tokens: [B, T / tp, D]."""
+        B, T = tokens_BT.shape
+        return torch.empty(B, T // self.tp, self.model.config.dim, dtype=self.dtype, device=device)
+
     def build(self, tokens_BT: torch.Tensor):
         """The PipelineStages (their activations' shapes given, so nothing runs to find them) and the schedule."""
-        rows, T = tokens_BT.shape
-        D, last = self.model.config.dim, self.model.num_stages - 1
-        hidden = torch.empty(rows, T // self.tp, D, dtype=self.dtype, device="meta", requires_grad=True)
-        final = torch.empty(rows, T, D, dtype=self.dtype, device="meta", requires_grad=True)  # gathered under tp
+        last = self.model.num_stages - 1
+        hidden = self.hidden(tokens_BT, "meta").requires_grad_()
+        final = torch.empty(*tokens_BT.shape, self.model.config.dim, dtype=self.dtype, device="meta",
+                            requires_grad=True)  # the final norm's output, gathered under tp
         stages = [PipelineStage(module, index, self.model.num_stages, self.device,
                                 input_args=() if index == 0 else hidden, output_args=final if index == last else hidden,
                                 group=self.pp_group)
@@ -336,37 +335,38 @@ class Pipeline:
         self.loss_sum = self.loss_sum + loss.detach()
         return loss * self.scale
 
-    def start(self, micro_batches: List[Dict[str, torch.Tensor]]) -> tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """The targets and the stages' inputs of the micro-batches, concatenated; the sums zeroed."""
+    def step(self, micro_batches: List[Dict[str, torch.Tensor]], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of a step's micro-batches: (the summed next-token loss, 0 but on the last
+        stage; the auxiliary losses of this rank's layers, averaged over the micro-batches)."""
         if self.schedule is None:
             self.schedule = self.build(micro_batches[0]["inputs"])
-        self.loss_sum = torch.zeros((), device=self.device)
+        self.scale, self.loss_sum = scale, torch.zeros((), device=self.device)
         for stage in self.model.stages:
             stage.aux_sum = torch.zeros((), device=self.device)
         inputs = {"input_ids_BT": torch.cat([b["inputs"] for b in micro_batches])}
         if "doc_ids" in micro_batches[0]:
             inputs["doc_ids_BT"] = torch.cat([b["doc_ids"] for b in micro_batches])
-        return torch.cat([b["targets"] for b in micro_batches]), inputs
-
-    def step(self, micro_batches: List[Dict[str, torch.Tensor]], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward and backward of a step's micro-batches: (the summed next-token loss, 0 but on the last
-        stage; the auxiliary losses of this rank's layers, averaged over the micro-batches)."""
-        targets, inputs = self.start(micro_batches)
-        self.scale = scale
-        self.schedule.step(target=targets, return_outputs=False, **inputs)
+        self.schedule.step(target=torch.cat([b["targets"] for b in micro_batches]), return_outputs=False, **inputs)
         return self.loss_sum, sum(stage.aux_sum for stage in self.model.stages)
 
     @torch.no_grad()
     def evaluate(self, batches: List[tuple[Dict[str, torch.Tensor], bool]]) -> torch.Tensor:
-        """The summed loss of validation batches (batch, counted), `micro_batches` at a time: batches not
-        counted, rows a short batch lacks and batches a last group lacks are run without targets."""
-        grown = [no_targets(batch, self.rows, counted) for batch, counted in batches]
-        grown += [no_targets(grown[-1], self.rows, False)] * (-len(grown) % self.micro_batches)
+        """The summed loss of the counted batches of (batch, counted), forward only: one batch at a time through
+        the stages in order, each rank running its own and passing the hidden states on (point to point). A
+        schedule's eval would take `micro_batches` of one shape at a time, and the V schedules' fails (torch 2.13)."""
         total = torch.zeros((), device=self.device)
-        for first in range(0, len(grown), self.micro_batches):
-            targets, inputs = self.start(grown[first : first + self.micro_batches])
-            self.schedule.eval(target=targets, **inputs)
-            total += self.loss_sum
+        for batch, counted in batches:
+            tokens_BT, hidden_BTD = batch["inputs"], None
+            kwargs = {"input_ids_BT": tokens_BT, "doc_ids_BT": batch.get("doc_ids")}
+            for index, module in zip(self.model.stage_ids, self.model.stages):
+                if index > 0 and self.stage_ranks[index - 1] != dist.get_rank():  # else: the previous stage's here
+                    hidden_BTD = self.hidden(tokens_BT, self.device)
+                    dist.recv(hidden_BTD, src=self.stage_ranks[index - 1], group=self.pp_group)
+                hidden_BTD = module(*([] if hidden_BTD is None else [hidden_BTD]), **kwargs)
+                if index == self.model.num_stages - 1:
+                    total += self.objective.head_loss(self.model, hidden_BTD, batch["targets"]) if counted else 0
+                elif self.stage_ranks[index + 1] != dist.get_rank():
+                    dist.send(hidden_BTD.contiguous(), dst=self.stage_ranks[index + 1], group=self.pp_group)
         return total
 
 
