@@ -138,7 +138,10 @@ class OptimizerState(Stateful):
         return expert_views(self.loaded, self.dims) if self.dims.ep > 1 else self.loaded
 
     def load_state_dict(self, state) -> None:
-        set_optimizer_state_dict(self.model, self.optimizer, self.loaded, options=FLAT)
+        # DCP loaded the tensors in place (expert views included) and put the loaded hyperparameters (lr, betas,
+        # ...: not tensors) into `state`, which under EP is not `self.loaded` but its copy with the views
+        hyperparameters = {key: value for key, value in state.items() if not isinstance(value, torch.Tensor)}
+        set_optimizer_state_dict(self.model, self.optimizer, {**self.loaded, **hyperparameters}, options=FLAT)
 
 
 class RNGState(Stateful):
