@@ -85,9 +85,9 @@ def rank_stages(parallel: ParallelConfig, pp_rank: int) -> List[int]:
 
 
 def fewest_micro_batches(parallel: ParallelConfig) -> int:
-    """The fewest micro-batches per step the schedule runs: 1F1B fills the pipeline (pp), the V schedules
-    both of its legs (2 pp); the others run any number."""
-    return {"1F1B": parallel.pp, "ZBVZeroBubble": 2 * parallel.pp, "DualPipeV": 2 * parallel.pp}.get(parallel.pp_schedule, 1)
+    """The fewest micro-batches per step the schedule runs: 1F1B fills the pipeline (pp), DualPipeV both of
+    its legs (2 pp); the others run any number."""
+    return {"1F1B": parallel.pp, "DualPipeV": 2 * parallel.pp}.get(parallel.pp_schedule, 1)
 
 
 def pipeline_problems(parallel: ParallelConfig, model: ModelConfig, stage: str,
@@ -305,7 +305,7 @@ class Pipeline:
         # the global rank that runs each stage
         self.stage_ranks = {stage: dist.get_global_rank(pp_group, rank) for rank in range(parallel.pp)
                             for stage in rank_stages(parallel, rank)}
-        self.schedule, self.scale, self.loss_sum = None, 1.0, None
+        self.schedule, self.shape, self.scale, self.loss_sum = None, None, 1.0, None
         for stage in model.stages:
             stage.aux_weight = 1.0 / micro_batches
 
@@ -339,7 +339,11 @@ class Pipeline:
         """Forward and backward of a step's micro-batches: (the summed next-token loss, 0 but on the last
         stage; the auxiliary losses of this rank's layers, averaged over the micro-batches)."""
         if self.schedule is None:
-            self.schedule = self.build(micro_batches[0]["inputs"])
+            self.schedule, self.shape = self.build(micro_batches[0]["inputs"]), tuple(micro_batches[0]["inputs"].shape)
+        shapes = {tuple(b["inputs"].shape) for b in micro_batches}
+        if shapes != {self.shape}:
+            raise ValueError(f"pipeline stages exchange fixed shapes: micro-batches of {sorted(shapes)} tokens after "
+                             f"{self.shape} at the first step; every batch must hold data.seq_len-token windows")
         self.scale, self.loss_sum = scale, torch.zeros((), device=self.device)
         for stage in self.model.stages:
             stage.aux_sum = torch.zeros((), device=self.device)
