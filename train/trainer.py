@@ -58,11 +58,11 @@ class Trainer:
                                     self.plan.micro_batch, self.say)
         live = self.build_reference() if reference == "live" else None
         self.objective = stages.objective(self.stage, config, live)
-        if self.dims.cp > 1:  # each rank's zig-zag chunks of every batch (train/parallel/context.py)
-            self.objective = ShardedSequences(self.objective, self.model.sequence_split)
         # with pipeline stages, the schedule runs the micro-batches through them (train/parallel/pipeline.py)
         self.pipeline = Pipeline(self.model, self.objective, config.parallel, self.dims.pp_mesh.get_group(), self.dims.tp,
                                  self.plan.accumulation, self.world.device) if self.dims.pp > 1 else None
+        if self.dims.cp > 1:  # each rank's zig-zag chunks of every batch (train/parallel/context.py)
+            self.objective = ShardedSequences(self.objective, self.model.sequence_split)
         self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.max_steps)
         self.progress = Progress()

@@ -11,15 +11,15 @@ stage r (GPipe, 1F1B), stages r, r + pp, ... (the looped schedules) or stages r 
 schedules: the first and last stage on rank 0). `parallel.pp_layers` gives each stage's number of layers
 (e.g. fewer where the embedding or the head sits); by default they split evenly.
 
-Applied from outside the model (train/parallel/fsdp.py's `parallelize` calls `split_stages`):
+Applied from outside the model (train/parallel/fsdp.py's `parallelize` calls `staged_model`):
 - each stage is a copy of the whole model without the modules it does not hold, as torchtitan's
   pipeline_module_split does; its layers keep their indices (`KeptLayers`), so every parameter keeps its
   name in the whole model and a checkpoint saved under one layout loads under any other (DCP reshards).
   `Transformer.hidden_states` runs a stage's share: the previous stage's output replaces the embedding,
   and a stage without the final norm returns its last layer's output;
-- a stage's layers are parallelised as without pipelining (tensor parallelism, activation checkpointing,
-  compile, FSDP per block), and the stage (`StageModule`) is the FSDP root over its data-parallel ranks:
-  the schedules keep its gradients unreduced until a step's last micro-batch;
+- a stage's layers are parallelised as without pipelining (tensor and context parallelism, activation
+  checkpointing, compile, FSDP per block), and the stage (`StageModule`) is the FSDP root over its
+  data-parallel ranks: the schedules keep its gradients unreduced until a step's last micro-batch;
 - `StagedModel` shows a rank's stages as one model to the optimizer, the checkpoint, the gradient norm
   (train/parallel/grad_norm.py adds up the stages' squares) and the MoE router-bias update: its expert
   loads cover every MoE layer of the whole model (zeros for other stages' layers), so the loads summed
@@ -27,18 +27,22 @@ Applied from outside the model (train/parallel/fsdp.py's `parallelize` calls `sp
 
 A step (`Pipeline.step`): every pp rank reads the same micro-batches (the step's `accumulation`,
 train/batch_plan.py: trainer.micro_batch_size decides how many); the schedule takes them concatenated and
-splits them again. The token ids (for positions) and document ids go to every stage; hidden states
-[micro_batch, T / tp, D] pass from stage to stage, in fixed shapes (the schedule is built at the first
-step from its micro-batch: data.seq_len windows; SFT pads its batches to data.seq_len under pp). The last
+splits them again (under context parallelism, each rank's zig-zag chunks of them). The token ids (for
+positions) and document ids go to every stage; hidden states [micro_batch, T / cp / tp, D] pass from stage
+to stage, in fixed shapes (the schedule is built at the first step from its micro-batch: data.seq_len
+windows; SFT pads its batches to data.seq_len under pp). The last
 stage computes the summed next-token loss and returns it scaled as the trainer scales a micro-batch's. MoE
 auxiliary losses stay where their layers run: each stage ties them to its output (`AuxLossGradient`, as
 Megatron-LM's MoEAuxLossAutoScaler), so backward gives them the weight 1 / micro-batches, as if they had
-been added to the loss.
+been added to the loss. Validation (`Pipeline.evaluate`) runs the stages forward one batch at a time by
+hand: a schedule's eval takes only whole steps of equal micro-batches, and the V schedules' fails (torch 2.13).
 
 Refused at start-up (`pipeline_problems`): tied embeddings (the table would live on the first and the last
-stage), MTP and the residual-stream variants (more than one tensor between layers), DPO, expert and
-context parallelism with pp (their groups would span stages: not done), torch.compile with the
-zero-bubble schedules (the library cannot split a compiled backward).
+stage), MTP and the residual-stream variants (more than one tensor between layers), DPO, expert
+parallelism with pp (its groups span the world: not done, train/parallel/dims.py), the zero-bubble
+schedules unless parallel.reshard_after_forward=false (their weight gradients, taken after the rest of
+backward, need the gathered weights still registered) and with torch.compile (the library cannot split a
+compiled backward).
 """
 
 import copy
@@ -57,6 +61,7 @@ from train.model.config import ModelConfig, ResidualConfig
 from train.model.moe.layer import MoE
 from train.model.summary import DTYPES
 from train.model.transformer import Transformer
+from train.parallel.context import SHARDED_KEYS
 
 ONE_STAGE = ("GPipe", "1F1B")  # one stage per rank
 LOOPED = ("Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble")  # stages r, r + pp, ...
@@ -126,9 +131,6 @@ def pipeline_problems(parallel: ParallelConfig, model: ModelConfig, stage: str,
     if stage == "dpo":
         problems.append(f"stage=dpo with parallel.pp={pp}: pipeline parallelism covers the next-token stages "
                         "(pretrain, midtrain, sft); use pp=1 for DPO")
-    if parallel.cp > 1:
-        problems.append(f"parallel.cp={parallel.cp} with parallel.pp={pp}: context parallelism inside pipeline "
-                        "stages is not done yet; use cp=1 or pp=1")
     if name in ZERO_BUBBLE and parallel.reshard_after_forward:
         problems.append(f"parallel.pp_schedule={name} needs parallel.reshard_after_forward=false: its weight "
                         "gradients are taken apart from the rest of backward, from the gathered weights")
@@ -246,6 +248,7 @@ class StagedModel(nn.Module):
         for name in ("embed", "position", "final_norm", "output"):
             setattr(self, name, next((getattr(p, name) for p in parts if getattr(p, name) is not None), None))
         self.layers = KeptLayers({index: layer for part in parts for index, layer in part.layers.indexed()})
+        self.sequence_split = parts[0].sequence_split  # context parallelism's, in every stage
         self.stages, self.stage_ids, self.num_stages, self.moe_sizes = stages, stage_ids, num_stages, moe_sizes
 
     def _apply(self, fn, recurse=True):
@@ -310,7 +313,7 @@ class Pipeline:
             stage.aux_weight = 1.0 / micro_batches
 
     def hidden(self, tokens_BT: torch.Tensor, device) -> torch.Tensor:
-        """An empty tensor of the hidden states passed between stages for these tokens: [B, T / tp, D]."""
+        """An empty tensor of the hidden states passed between stages for this rank's tokens: [B, T / tp, D]."""
         B, T = tokens_BT.shape
         return torch.empty(B, T // self.tp, self.model.config.dim, dtype=self.dtype, device=device)
 
@@ -335,9 +338,15 @@ class Pipeline:
         self.loss_sum = self.loss_sum + loss.detach()
         return loss * self.scale
 
+    def local(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The batch's tokens this rank holds: its zig-zag chunks under context parallelism, else all."""
+        split = self.model.sequence_split
+        return batch if split is None else {k: split.shard(v) if k in SHARDED_KEYS else v for k, v in batch.items()}
+
     def step(self, micro_batches: List[Dict[str, torch.Tensor]], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward of a step's micro-batches: (the summed next-token loss, 0 but on the last
         stage; the auxiliary losses of this rank's layers, averaged over the micro-batches)."""
+        micro_batches = [self.local(batch) for batch in micro_batches]
         if self.schedule is None:
             self.schedule, self.shape = self.build(micro_batches[0]["inputs"]), tuple(micro_batches[0]["inputs"].shape)
         shapes = {tuple(b["inputs"].shape) for b in micro_batches}
@@ -360,6 +369,7 @@ class Pipeline:
         schedule's eval would take `micro_batches` of one shape at a time, and the V schedules' fails (torch 2.13)."""
         total = torch.zeros((), device=self.device)
         for batch, counted in batches:
+            batch = self.local(batch)
             tokens_BT, hidden_BTD = batch["inputs"], None
             kwargs = {"input_ids_BT": tokens_BT, "doc_ids_BT": batch.get("doc_ids")}
             for index, module in zip(self.model.stage_ids, self.model.stages):

@@ -4,10 +4,10 @@ with its keys and numbers, and the stages' copies of the model keep the whole mo
 Slow (heavy): the Trainer runs each layout for 10 steps (tiny Llama, 2 or 4 layers, and tiny Qwen3-MoE with
 a balancing loss and the router-bias update; fp32, 64-token windows, 8 per step, 4 micro-batches per rank
 and step) and must give one process's losses, first-step gradients, validation loss and final model: pp2,
-pp2 x dp2 and tp2 x pp2; 1F1B with an uneven split, Interleaved1F1B and ZBVZeroBubble (two stages per rank);
+pp2 x dp2, tp2 x pp2 and cp2 x pp2; 1F1B with an uneven split, Interleaved1F1B and ZBVZeroBubble (two stages per rank);
 a pp2 x dp2 checkpoint resumes as dp4 and as one process, a tp2 x dp2 one as pp2 x dp2, with the same
 next losses and the data stream's exact position. One spawn per world size runs its layouts one after
-another (4 ranks: 6 runs, 1 rank: 4, 2 ranks: 5), about 4 minutes on 2 cores shared with other jobs.
+another (4 ranks: 7 runs, 1 rank: 4, 2 ranks: 5), about 4 minutes on 2 cores shared with other jobs.
 """
 
 import os
@@ -36,6 +36,7 @@ RUNS = {
     4: [("pp2-dp2", [*PP2, *SAVED], None),
         ("moe-pp2-dp2", [*MOE, *PP2], None),
         ("tp2-pp2", [*PP2, "parallel.tp=2"], None),
+        ("cp2-pp2", [*PP2, "parallel.cp=2"], None),
         ("tp2-dp2", ["parallel.tp=2", *SAVED], None),
         ("resume-dp4", ["trainer.record_samples=true"], "pp2-dp2"),
         ("resume-pp2-dp2", [*PP2, "trainer.record_samples=true"], "tp2-dp2")],
@@ -47,7 +48,7 @@ RUNS = {
         ("deep-interleaved", [*DEEP, *PP2, "parallel.pp_schedule=Interleaved1F1B"], None),
         ("deep-zbv", [*DEEP, *PP2, "parallel.pp_schedule=ZBVZeroBubble", "parallel.reshard_after_forward=false"], None)],
 }
-REFERENCE = {"pp2-dp2": "dense", "moe-pp2-dp2": "moe", "tp2-pp2": "dense", "pp2": "dense", "moe-pp2": "moe",
+REFERENCE = {"pp2-dp2": "dense", "moe-pp2-dp2": "moe", "tp2-pp2": "dense", "cp2-pp2": "dense", "pp2": "dense", "moe-pp2": "moe",
              "deep-uneven": "deep", "deep-interleaved": "deep", "deep-zbv": "deep"}
 RESUMES = {"resume-dp4": "pp2-dp2", "resume-one": "pp2-dp2", "resume-pp2-dp2": "tp2-dp2"}
 
@@ -70,7 +71,7 @@ def parallel(**sizes) -> ParallelConfig:
     ("llama3_2_1b_tiny", {}, {}, "pretrain", 4, r"model.tie_embeddings=true with parallel.pp=2"),
     ("llama3_tiny", {"mtp.depth": 1}, {}, "pretrain", 4, r"model.mtp and model.residual .* parallel.pp=2"),
     ("llama3_tiny", {}, {}, "dpo", 4, r"stage=dpo with parallel.pp=2"),
-    ("llama3_tiny", {}, dict(cp=2), "pretrain", 4, r"parallel.cp=2 with parallel.pp=2"),
+    ("llama3_tiny", {"num_layers": 4}, dict(pp_schedule="DualPipeV", reshard_after_forward=False), "pretrain", 3, r"3 micro-batch\(es\) .*parallel.pp_schedule=DualPipeV with parallel.pp=2 needs at least 4"),
 ])
 def test_layouts_the_pipeline_cannot_run_are_refused(preset, overrides, sizes, stage, micro_batches, message):
     model = apply_overrides(load_preset(preset), overrides)
