@@ -205,7 +205,7 @@ class AuxLossGradient(torch.autograd.Function):
     def forward(ctx, x, aux, weight):
         ctx.save_for_backward(aux)
         ctx.weight = weight
-        return x.view_as(x)
+        return x.clone()  # not a view of x: the zero-bubble schedules detach stage outputs in place
 
     @staticmethod
     def backward(ctx, grad_x):

@@ -1,10 +1,11 @@
 """Pipeline parallelism (train/parallel/pipeline.py). Fast: every layout the pipeline cannot run is refused
 with its keys and numbers, and the stages' copies of the model keep the whole model's parameter names.
 
-Slow (heavy): the Trainer runs each layout for 10 steps (tiny Llama, 2 or 4 layers, and tiny Qwen3-MoE with
+Slow (heavy): the Trainer runs each layout for 10 steps (tiny Llama, and tiny Qwen3-MoE, 2 or 4 layers, with
 a balancing loss and the router-bias update; fp32, 64-token windows, 8 per step, 4 micro-batches per rank
 and step) and must give one process's losses, first-step gradients, validation loss and final model: pp2,
-pp2 x dp2, tp2 x pp2 and cp2 x pp2; 1F1B with an uneven split, Interleaved1F1B and ZBVZeroBubble (two stages per rank);
+pp2 x dp2, tp2 x pp2 and cp2 x pp2; MoE with 1F1B and an uneven split, Interleaved1F1B and ZBVZeroBubble
+(two stages per rank);
 a pp2 x dp2 checkpoint resumes as dp4 and as one process, a tp2 x dp2 one as pp2 x dp2, with the same
 next losses and the data stream's exact position. One spawn per world size runs its layouts one after
 another (4 ranks: 7 runs, 1 rank: 4, 2 ranks: 5), about 4 minutes on 2 cores shared with other jobs.
@@ -28,7 +29,7 @@ ROUTER = "model.ffns.moe.moe.router"
 # aux-loss-free bias update from the loads of all stages and ranks
 MOE = ["model=qwen3_moe_tiny", f"{ROUTER}.aux_loss_kind=sequence", f"{ROUTER}.score_correction_bias=true",
        f"{ROUTER}.bias_update_speed=0.01"]
-DEEP = ["model.num_layers=4"]  # two stages per rank on two ranks
+DEEP = [*MOE, "model.num_layers=4"]  # two stages per rank on two ranks, MoE layers in each
 SAVED = ["checkpoint.every=5", "checkpoint.keep=3", "trainer.record_samples=true"]
 PP2 = ["parallel.pp=2"]
 # (run name, overrides, the run whose step-5 checkpoint it resumes from), per world size
