@@ -11,10 +11,10 @@ The world's ranks are laid out as one mesh of named dimensions, outermost first 
                    are split over (train/parallel/tensor.py); innermost, so its ranks are neighbours
 
 world size = pp x dp_replicate x dp_shard x cp x tp. The data-parallel ranks (dp_replicate x dp_shard) read
-different samples; the pp, cp and tp ranks of one data-parallel rank read the same ones. Every mesh below
-but `pp` lies within one pipeline stage. FSDP shards over
-(dp_shard, cp) flattened ("dp_shard_cp", as torchtitan does): the cp ranks hold different tokens of the
-same samples, so their gradients are summed like data-parallel ones.
+different samples; the pp, cp and tp ranks of one data-parallel rank read the same ones. Every mesh but
+`pp` lies within one pipeline stage. FSDP shards over (dp_shard, cp) flattened ("dp_shard_cp", as
+torchtitan does): the cp ranks hold different tokens of the same samples, so their gradients are summed
+like data-parallel ones.
 
 `parallel.ep` (expert parallelism) adds no ranks: it is carved out of the data and context ranks, as in
 torchtitan's ParallelDims. Those ranks are regrouped as (edp, ep), ep innermost: an MoE layer's experts
