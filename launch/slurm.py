@@ -38,6 +38,7 @@ from train import run_folder
 from train.run_folder import wandb_run_id
 from train.batch_plan import batch_plan
 from train.parallel.dims import ParallelDims
+from train.parallel.pipeline import check_pipeline
 from train.config import TrainConfig, compose_train_config
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "job.sbatch.j2"
@@ -124,7 +125,8 @@ def training_job(cluster: ClusterConfig, overrides: List[str], log_dir: Path, ti
     try:  # what the workers would refuse at start-up, after waiting in the queue
         dims = ParallelDims.resolve(config.parallel, ranks)
         dims.check_model(config.model, config.data.seq_len, config.stage)
-        batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, dims.dp_size)
+        plan = batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, dims.dp_size)
+        check_pipeline(config.parallel, config.model, config.stage, plan.accumulation)
     except ValueError as error:
         raise SystemExit(f"error: {error} (cluster.nodes={cluster.nodes} x cluster.nproc_per_node="
                          f"{cluster.nproc_per_node} = {ranks} ranks)")

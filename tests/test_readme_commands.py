@@ -1,5 +1,5 @@
 """Every multi-process command the README shows composes into a training config whose batch splits over
-its ranks: the local launchers at 1, 2 and 4 processes, torchrun and SLURM at the sizes they state."""
+its ranks (and its pipeline stages, where it has them): the local launchers at 1, 2 and 4 processes, torchrun and SLURM at the sizes they state."""
 
 import re
 import shlex
@@ -11,6 +11,7 @@ from launch import pipeline
 from train.batch_plan import batch_plan
 from train.config import compose_train_config
 from train.parallel.dims import ParallelDims
+from train.parallel.pipeline import check_pipeline
 
 LOCAL_SIZES = (1, 2, 4)
 
@@ -37,7 +38,8 @@ def check(overrides: list, ranks: int) -> None:
     config = compose_train_config(overrides)
     dims = ParallelDims.resolve(config.parallel, ranks)
     dims.check_model(config.model, config.data.seq_len, config.stage)
-    batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, dims.dp_size)
+    plan = batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, dims.dp_size)
+    check_pipeline(config.parallel, config.model, config.stage, plan.accumulation)
 
 
 def test_the_readme_shows_each_kind_of_command():

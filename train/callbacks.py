@@ -31,6 +31,7 @@ from train.model.folder import model_from_state_dict
 from train.model.summary import summarize
 from train.parallel.expert import gathered_experts
 from train.parallel.fsdp import DTYPES
+from train.parallel.pipeline import gathered_stages
 from train.parallel.world import all_reduce_sum
 from train.plots import plot_run
 from train.progress import StepResult
@@ -114,9 +115,10 @@ class DownstreamEval(Callback):
 
     def __init__(self, trainer, logger: MetricsLogger):
         config = trainer.config
-        if trainer.dims.tp > 1 or trainer.dims.cp > 1:  # scoring splits questions by rank and reads whole logits
-            raise ValueError(f"downstream.path is not supported with parallel.tp={trainer.dims.tp} "
-                             f"parallel.cp={trainer.dims.cp}; unset downstream.path or run with tp=cp=1")
+        dims = trainer.dims
+        if dims.tp > 1 or dims.cp > 1 or dims.pp > 1:  # scoring splits questions by rank and reads whole logits
+            raise ValueError(f"downstream.path is not supported with parallel.tp={dims.tp} parallel.cp={dims.cp} "
+                             f"parallel.pp={dims.pp}; unset downstream.path or run with tp=cp=pp=1")
         self.logger, self.settings, self.max_steps = logger, config.downstream, config.trainer.max_steps
         self.questions = read_questions(config.downstream.path)  # a bad file fails now, not at step `every`
         self.tokenizer = Tokenizer.from_file(str(tokenizer_folder(config) / "tokenizer.json"))
@@ -183,8 +185,11 @@ class FinalModel(Callback):
     def on_train_end(self, trainer) -> None:
         if not trainer.finished:
             return
-        full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        full.update(gathered_experts(trainer.model, trainer.dims, trainer.world.is_main))
+        if trainer.dims.pp > 1:  # each stage's weights gathered, then sent to rank 0
+            full = gathered_stages(trainer.model, trainer.dims.pp_mesh.get_group())
+        else:
+            full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            full.update(gathered_experts(trainer.model, trainer.dims, trainer.world.is_main))
         if trainer.world.is_main:
             folder = save_model(model_from_state_dict(trainer.config.model, full), trainer.run_dir / run_folder.MODEL)
             source = tokenizer_folder(trainer.config)

@@ -27,6 +27,10 @@ expert parameter (and its AdamW moments) as the DTensor of ALL E experts over th
 (train/parallel/expert.py: expert_views, no copy: loading into the view loads the parameter). The files
 are then the same as without EP: same keys, same global shapes, and DCP reshards on load, so a
 checkpoint resumes with the same or a different parallel.ep and world size (ep=1 included, both ways).
+
+Pipeline parallelism (parallel.pp > 1): each rank's model holds its stages' parameters under the whole
+model's names (train/parallel/pipeline.py), and the optimizer state is flat, keyed by those names, so the
+files are again the same as one process's and resume under any other layout.
 """
 
 import contextlib
@@ -45,23 +49,23 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import _async_process_executor as dcp_saver
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType, AsyncSaveResponse
 from torch.distributed.checkpoint.stateful import Stateful
-from torch.distributed.tensor import DTensor
 
 from common.processes import exit_with_parent
 from train.config import CheckpointConfig
 from train.parallel.dims import ParallelDims
-from train.parallel.expert import expert_views, global_experts, is_expert_parameter
+from train.parallel.expert import expert_views
 from train.run_folder import CHECKPOINTS
 
 MODES = {"sync": None, "async": AsyncCheckpointerType.THREAD, "async_process": AsyncCheckpointerType.PROCESS}
 REPLICATED_FILE = "trainer.json"
 UNREADABLE = "unreadable"  # checkpoints/unreadable/step_N: complete ones that could not be loaded, kept to inspect
 DCP_SAVER_MAIN = dcp_saver._AsyncCheckpointProcess._checkpointing_subprocess
+FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 class CheckpointError(RuntimeError):
@@ -121,22 +125,23 @@ class ModelState(Stateful):
 
 
 class OptimizerState(Stateful):
-    """The optimizer's sharded state (AdamW moments per parameter), expert moments seen whole under EP."""
+    """The optimizer's sharded state (AdamW moments per parameter), expert moments seen whole under EP. Flat,
+    keyed by parameter name (`state.<name>.exp_avg`, `param_groups.<name>.lr`): pipeline stages hold
+    different parameters, and a nested state's lists of names per group would not reshard between layouts."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dims: ParallelDims):
         self.model, self.optimizer, self.dims, self.loaded = model, optimizer, dims, None
 
     def state_dict(self):
-        self.loaded = get_optimizer_state_dict(self.model, self.optimizer)
-        if self.dims.ep == 1:
-            return self.loaded
-        # the moments of an expert parameter (its name is the key) as views of all experts, like the parameter
-        return {**self.loaded, "state": {k: {n: global_experts(t, self.dims) if isinstance(t, DTensor) else t
-                                             for n, t in v.items()} if is_expert_parameter(k) else v
-                                         for k, v in self.loaded["state"].items()}}
+        self.loaded = get_optimizer_state_dict(self.model, self.optimizer, options=FLAT)
+        # the moments of an expert parameter (its name is in the key) as views of all experts, like the parameter
+        return expert_views(self.loaded, self.dims) if self.dims.ep > 1 else self.loaded
 
     def load_state_dict(self, state) -> None:
-        set_optimizer_state_dict(self.model, self.optimizer, self.loaded)
+        # DCP loaded the tensors in place (expert views included) and put the loaded hyperparameters (lr, betas,
+        # ...: not tensors) into `state`, which under EP is not `self.loaded` but its copy with the views
+        hyperparameters = {key: value for key, value in state.items() if not isinstance(value, torch.Tensor)}
+        set_optimizer_state_dict(self.model, self.optimizer, {**self.loaded, **hyperparameters}, options=FLAT)
 
 
 class RNGState(Stateful):

@@ -93,6 +93,11 @@ class ParallelConfig:
     ep: int = 1  # expert parallelism: ranks an MoE layer's experts are spread over, carved from the dp x cp ranks
     tp: int = 1  # tensor + sequence parallelism: ranks each layer's heads, hidden units and vocabulary are split over
     cp: int = 1  # context parallelism: ranks each sequence is split over (zig-zag chunks; attention gathers keys)
+    pp: int = 1  # pipeline parallelism: ranks the layers are split over, in stages (train/parallel/pipeline.py)
+    # GPipe | 1F1B | Interleaved1F1B | LoopedBFS | InterleavedZeroBubble | ZBVZeroBubble | DualPipeV
+    pp_schedule: str = "1F1B"
+    pp_stages_per_rank: int = 0  # virtual stages on each pp rank; 0: 1 for GPipe and 1F1B, else 2
+    pp_layers: List[int] = field(default_factory=list)  # layers of each stage, e.g. [3, 5]; []: an even split
     param_dtype: str = "bf16"  # compute dtype of FSDP2's gathered parameters: bf16 | fp32
     reduce_dtype: str = "fp32"  # gradient reduction dtype
     activation_checkpointing: str = "none"  # none | selective (every other block) | full

@@ -3,6 +3,7 @@ needs to train it under a layout (train/parallel/memory.py: "will it fit").
 
     python -m train.inspect model=llama3 context=8192 dtype=bf16
     python -m train.inspect model=llama3 context=131072 devices=64 parallel.tp=8 parallel.cp=4 micro_batch=1
+    python -m train.inspect model=llama3 context=8192 devices=64 parallel.tp=8 parallel.pp=4
     python -m train.inspect model=llama3_tiny model.mixers.full.attention.num_kv_heads=1
     python -m train.inspect compare=[gpt2,llama3,qwen3]
     python -m train.inspect compare=[llama3,deepseek_v3,qwen3_next,mamba2,falcon_h1] context=131072
@@ -32,7 +33,7 @@ class InspectConfig:
     context: Optional[int] = None  # tokens; default: each model's max_seq_len
     dtype: str = "bf16"  # of the KV cache: fp32 | bf16 | fp16 | fp8
     compare: List[str] = field(default_factory=list)  # preset names shown side by side (replaces `model`)
-    # the training layout of the memory estimate: parallel.tp, parallel.cp, parallel.dp_shard, ... as for training
+    # the training layout of the memory estimate: parallel.tp, parallel.cp, parallel.pp, parallel.dp_shard, ... as in training
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     devices: Optional[int] = None  # world size; default: the product of the parallel sizes (dp_shard=-1 counts 1)
     micro_batch: int = 1  # sequences of `context` tokens per forward on each data-parallel rank
@@ -92,8 +93,9 @@ def format_table(names: list[str], summaries: list[Summary], memories: list[Memo
     note = ("FLOPs: PaLM convention (Chowdhery et al. 2022, App. B): 6 x active matmul params + 12 x layers x heads x head_dim x T\n"
             "for softmax attention; linear/SSM mixers add a context-independent recurrent-form term. MoE: a token uses\n"
             "top_k x (1 - rho) routed experts, rho = share of choices taken by zero experts, by default Z / (E + Z).\n"
-            "Memory: per device, for training with AdamW under the layout (train/parallel/memory.py); activations\n"
-            "assume attention without T x T scores (Flash/FlexAttention) and are an estimate (+-30%).\n"
+            "Memory: per device, for training with AdamW under the layout (train/parallel/memory.py; with parallel.pp, the\n"
+            "busiest pipeline rank); activations assume attention without T x T scores (Flash/FlexAttention) and are an\n"
+            "estimate (+-30%).\n"
             "Hyper-connections add their stream mixing; MTP modules train (their FLOPs count) but are not in the totals.")
     return "\n".join(lines + [note])
 
@@ -105,7 +107,7 @@ def main(cfg: InspectConfig) -> None:
     else:
         names, configs = [HydraConfig.get().runtime.choices.get("model", "model")], [to_model_config(cfg.model)]
     p = cfg.parallel
-    devices = cfg.devices or p.dp_replicate * max(p.dp_shard, 1) * p.cp * p.tp
+    devices = cfg.devices or p.pp * p.dp_replicate * max(p.dp_shard, 1) * p.cp * p.tp
     summaries = [summarize(c, cfg.context, cfg.dtype) for c in configs]
     memories = [estimate_memory(c, p, devices, s.context, cfg.micro_batch, cfg.loss_chunk_tokens)
                 for c, s in zip(configs, summaries)]

@@ -27,14 +27,19 @@ class NextToken:
 
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         hidden_BTD = model.hidden_states(batch["inputs"], batch.get("doc_ids"))
-        hidden_ND, targets_N = hidden_BTD.flatten(0, 1), batch["targets"].reshape(-1)
-        if "target_positions" in batch:  # SFT: only the positions with a target reach the output projection
-            hidden_ND, targets_N = hidden_ND[batch["target_positions"]], targets_N[batch["target_positions"]]
-        loss = cross_entropy_sum(hidden_ND, model.output_weight(), targets_N, self.chunk_tokens, model.config.final_softcap)
+        loss = self.head_loss(model, hidden_BTD, batch["targets"], batch.get("target_positions"))
         if model.config.mtp.depth == 0:
             return loss, model.aux_loss(), {}
         weighted, summed = mtp_loss(model, hidden_BTD, batch, self.chunk_tokens)
         return loss, model.aux_loss() + weighted, {"mtp_loss": summed}
+
+    def head_loss(self, model, hidden_BTD, targets_BT, target_positions=None) -> torch.Tensor:
+        """The summed cross-entropy of the next-token predictions from final hidden states (also the last
+        pipeline stage's loss, train/parallel/pipeline.py)."""
+        hidden_ND, targets_N = hidden_BTD.flatten(0, 1), targets_BT.reshape(-1)
+        if target_positions is not None:  # SFT: only the positions with a target reach the output projection
+            hidden_ND, targets_N = hidden_ND[target_positions], targets_N[target_positions]
+        return cross_entropy_sum(hidden_ND, model.output_weight(), targets_N, self.chunk_tokens, model.config.final_softcap)
 
 
 def response_logps(model, batch, chunk_tokens: int) -> torch.Tensor:

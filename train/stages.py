@@ -142,7 +142,10 @@ def stage_data(stage: Stage, config: TrainConfig, rank: int = 0, ranks: int = 1)
         report = (f"{sft.conversations:,} conversations in {len(sft.train):,} windows (+{len(sft.val)} held out), "
                   f"{cache_report(sft.cache, sft.reused)}")
         train, val, skipped = SFTSamples(sft.train), SFTSamples(sft.val), sft.skipped
-        collate = collate_sft(data.pad_to_multiple_of, data.pack, config.parallel.tp == config.parallel.cp == 1)
+        # pipeline stages exchange fixed shapes: every batch padded to seq_len under pp
+        parallel = config.parallel
+        collate = collate_sft(data.seq_len if parallel.pp > 1 else data.pad_to_multiple_of, data.pack,
+                              parallel.tp == parallel.cp == parallel.pp == 1)
     else:
         pairs = load_pairs(data.chat, chat, data.seq_len, data.chat_val_fraction, **cached)
         report = f"{len(pairs.train):,} preference pairs (+{len(pairs.val)} held out), {cache_report(pairs.cache, pairs.reused)}"

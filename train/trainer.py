@@ -32,6 +32,7 @@ from train.parallel.context import ShardedSequences
 from train.parallel.dims import ParallelDims
 from train.parallel.fsdp import parallelize, read_local_shards
 from train.parallel.grad_norm import clip_grad_norm
+from train.parallel.pipeline import Pipeline, check_pipeline
 from train.parallel.world import World, all_reduce_sum, init_world, set_collective_timeout, set_determinism
 from train.progress import Progress, StepResult
 from train.reference import precomputed
@@ -49,6 +50,7 @@ class Trainer:
         self.data = stages.stage_data(self.stage, config, self.world.rank, self.world.size)
         self.say(f"data: {self.data.report}")
         self.plan = batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, self.dims.dp_size)
+        check_pipeline(config.parallel, config.model, config.stage, self.plan.accumulation)
         self.model = self.build_model()
         reference = stages.reference(self.stage, config)
         if reference == "precomputed":  # the reference runs once now, and is freed before training
@@ -56,6 +58,9 @@ class Trainer:
                                     self.plan.micro_batch, self.say)
         live = self.build_reference() if reference == "live" else None
         self.objective = stages.objective(self.stage, config, live)
+        # with pipeline stages, the schedule runs the micro-batches through them (train/parallel/pipeline.py)
+        self.pipeline = Pipeline(self.model, self.objective, config.parallel, self.dims.pp_mesh.get_group(), self.dims.tp,
+                                 self.plan.accumulation, self.world.device) if self.dims.pp > 1 else None
         if self.dims.cp > 1:  # each rank's zig-zag chunks of every batch (train/parallel/context.py)
             self.objective = ShardedSequences(self.objective, self.model.sequence_split)
         self.optimizer = build_optimizer(self.model, config.optim, self.world.device)
@@ -102,7 +107,9 @@ class Trainer:
             read_local_shards(model, self.config.init.weights, self.config.model)
         else:
             full = stages.initial_model(self.config).state_dict() if self.world.is_main else {}
-            set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            # not strict under pipeline parallelism: a rank's stages take their share of the whole model's tensors
+            set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                                       strict=self.dims.pp == 1))
         model.reset_expert_loads()  # non-persistent buffers are in no state dict: to_empty left them uninitialised
         return model
 
@@ -132,14 +139,17 @@ class Trainer:
         # FSDP averages gradients over its ranks (dp x cp), so scale each rank's sum by them / global count.
         scale = self.dims.grad_divisor / global_count
         total, aux_total, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
-        for batch in micro_batches:
-            loss, aux, batch_stats = self.objective(self.model, batch)
-            # the auxiliary loss is a mean per micro-batch: averaged over micro-batches here, over ranks by FSDP
-            (loss * scale + aux / len(micro_batches)).backward()
-            total += loss.detach()
-            aux_total += aux.detach() / len(micro_batches)
-            for key, value in batch_stats.items():
-                stats[key] = stats.get(key, 0.0) + value.detach()
+        if self.pipeline is not None:  # total: 0 but on the last stage's ranks; aux_total: this rank's layers'
+            total, aux_total = self.pipeline.step(micro_batches, scale)
+        else:
+            for batch in micro_batches:
+                loss, aux, batch_stats = self.objective(self.model, batch)
+                # the auxiliary loss is a mean per micro-batch: averaged over micro-batches here, over ranks by FSDP
+                (loss * scale + aux / len(micro_batches)).backward()
+                total += loss.detach()
+                aux_total += aux.detach() / len(micro_batches)
+                for key, value in batch_stats.items():
+                    stats[key] = stats.get(key, 0.0) + value.detach()
         # the same on every rank, so every rank decides alike (each tp rank holds the whole sum of its tokens)
         loss_sum = all_reduce_sum(total) / self.dims.tp
         grad_norm = clip_grad_norm(self.model.parameters(), self.config.optim.grad_clip, self.dims)
@@ -162,7 +172,8 @@ class Trainer:
         figures = {"loss": loss_value, "grad_norm": norm_value, "lr": lr}
         figures.update({key: (all_reduce_sum(value) / global_count).item() for key, value in stats.items()})
         if self.router_loads.layer_ids:
-            figures["aux_loss"] = (all_reduce_sum(aux_total) / self.world.size).item()
+            # each rank holds its stages' layers' share: summed over a pipeline's ranks, then averaged
+            figures["aux_loss"] = (all_reduce_sum(aux_total) / (self.world.size // self.dims.pp)).item()
             figures.update(self.router_loads.metrics())
         return StepResult(tokens, taken=True, figures=figures)
 
@@ -172,16 +183,22 @@ class Trainer:
         self.model.eval()
         device, cfg = self.world.device, self.config
         total, count, stats = torch.zeros((), device=device), torch.zeros((), device=device), {}
-        for raw, counts in validation_batches(self.data, self.plan.micro_batch, cfg.trainer.val_samples,
-                                              self.dims.dp_rank, self.dims.dp_size):
-            batch = to_device(raw, device, cfg.data.document_masking)
-            loss, _, batch_stats = self.objective(self.model, batch)
-            if not counts:
-                continue
-            total += loss
-            count += batch["count"]
-            for key, value in batch_stats.items():
-                stats[key] = stats.get(key, 0.0) + value
+        batches = ((to_device(raw, device, cfg.data.document_masking), counts) for raw, counts in
+                   validation_batches(self.data, self.plan.micro_batch, cfg.trainer.val_samples, self.dims.dp_rank,
+                                      self.dims.dp_size))
+        if self.pipeline is not None:  # the stages run them through together; the last one sums the loss
+            batches = list(batches)
+            total = self.pipeline.evaluate(batches)
+            count += sum(batch["count"] for batch, counts in batches if counts)
+        else:
+            for batch, counts in batches:
+                loss, _, batch_stats = self.objective(self.model, batch)
+                if not counts:
+                    continue
+                total += loss
+                count += batch["count"]
+                for key, value in batch_stats.items():
+                    stats[key] = stats.get(key, 0.0) + value
         self.model.train()
         self.model.reset_expert_loads()  # validation's routing does not count towards balancing
         count = all_reduce_sum(count) / self.dims.sample_copies

@@ -52,6 +52,8 @@ def test_gpu_preset_dry_run_renders_the_expected_batch_script(tmp_path):
                                       "of 4, e.g. trainer.global_batch_size=4 or 8 (cluster.nodes=2"),
     (["parallel.tp=3"], "parallel.tp=3 != world size 4"),
     (["parallel.tp=2", "trainer.global_batch_size=3"], "global_batch_size=3 does not divide over 2 data-parallel ranks"),
+    (["parallel.pp=3"], "parallel.pp=3 x parallel.dp_replicate=1 x parallel.dp_shard=1 != world size 4"),
+    (["parallel.pp=2"], "1 micro-batch(es) per rank and step"),  # 16 / 2 dp ranks / micro-batches of 8
 ])
 def test_a_typo_fails_before_anything_is_submitted(bad, message):
     result = slurm("--dry-run", "cluster=local_test", *bad)

@@ -37,9 +37,9 @@ def test_every_mode_writes_the_same_state(saved, tmp_path, step):
         assert sorted(other) == sorted(reference) == ["model", "optim"]
         for name, tensor in reference["model"].items():
             assert torch.equal(other["model"][name], tensor), (mode, name)
-        for name, moments in reference["optim"]["state"].items():
-            for key, tensor in moments.items():
-                assert torch.equal(other["optim"]["state"][name][key], tensor), (mode, name, key)
+        assert any(key.endswith(".exp_avg") for key in reference["optim"])  # flat: state.<parameter>.<moment>
+        for key, value in reference["optim"].items():  # AdamW's moments and step counts, and the group settings
+            assert torch.equal(other["optim"][key], value) if isinstance(value, torch.Tensor) else other["optim"][key] == value, (mode, key)
 
 
 @pytest.mark.slow

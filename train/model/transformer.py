@@ -78,8 +78,11 @@ class Transformer(nn.Module):
         """[vocab, dim] matrix of the output head (the embedding table when tied)."""
         return self.embed.weight if self.output is None else self.output.weight
 
-    def hidden_states(self, input_ids_BT, doc_ids_BT=None, cache: KVCache | None = None) -> torch.Tensor:
-        """Final normed hidden states [B, T, D]."""
+    def hidden_states(self, input_ids_BT, doc_ids_BT=None, cache: KVCache | None = None,
+                      inputs_BTD: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normed hidden states [B, T, D]. A pipeline stage's copy of the model (train/parallel/pipeline.py)
+        holds only some of its modules: `inputs_BTD`, the previous stage's output, then replaces the embedding
+        (the token ids still give the positions), and without a final norm the last layer's output is returned."""
         B, T = input_ids_BT.shape
         start = 0 if cache is None else cache.length
         if self.sequence_split is not None and doc_ids_BT is None:  # one document per window
@@ -89,7 +92,7 @@ class Transformer(nn.Module):
             positions_BT = documents.positions_BT
         else:
             positions_BT = torch.arange(start, start + T, device=input_ids_BT.device).expand(B, T)
-        x_BTD = self.embed_tokens(input_ids_BT)
+        x_BTD = self.embed_tokens(input_ids_BT) if inputs_BTD is None else inputs_BTD
         if self.position is not None:
             x_BTD = x_BTD + self.position(positions_BT).to(x_BTD.dtype)
         if self.stream_head is not None:  # n copies: the residual streams [B, T, n, D]
@@ -105,7 +108,7 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(T)
         self.record_loads()
-        return self.final_norm(x_BTD)
+        return x_BTD if self.final_norm is None else self.final_norm(x_BTD)
 
     def record_loads(self) -> None:
         for moe in self.moe_layers():

@@ -2,27 +2,30 @@
 
 The world's ranks are laid out as one mesh of named dimensions, outermost first (torchtitan's order):
 
+    pp             pipeline stages: the ranks the layers are split over (train/parallel/pipeline.py); outermost,
+                   since stages exchange only activations, point to point
     dp_replicate   HSDP replicas (each a full copy, sharded over dp_shard); gradients all-reduced across
     dp_shard       FSDP2 shards of the parameters, gradients and optimizer state
     cp             context parallelism: the ranks one sequence is split over (train/parallel/context.py)
     tp             tensor + sequence parallelism: the ranks one layer's heads, hidden units and vocabulary
                    are split over (train/parallel/tensor.py); innermost, so its ranks are neighbours
 
-world size = dp_replicate x dp_shard x cp x tp. The data-parallel ranks (dp_replicate x dp_shard) read
-different samples; the cp and tp ranks of one data-parallel rank read the same ones. FSDP shards over
-(dp_shard, cp) flattened ("dp_shard_cp", as torchtitan does): the cp ranks hold different tokens of the
-same samples, so their gradients are summed like data-parallel ones.
+world size = pp x dp_replicate x dp_shard x cp x tp. The data-parallel ranks (dp_replicate x dp_shard) read
+different samples; the pp, cp and tp ranks of one data-parallel rank read the same ones. Every mesh but
+`pp` lies within one pipeline stage. FSDP shards over (dp_shard, cp) flattened ("dp_shard_cp", as
+torchtitan does): the cp ranks hold different tokens of the same samples, so their gradients are summed
+like data-parallel ones.
 
 `parallel.ep` (expert parallelism) adds no ranks: it is carved out of the data and context ranks, as in
 torchtitan's ParallelDims. Those ranks are regrouped as (edp, ep), ep innermost: an MoE layer's experts
 are spread over the `ep` ranks of a group (all-to-all dispatch), and the `edp` ranks holding the same
 experts shard them with FSDP. DeepSpeed's expert-parallel groups are the same ranks (checked), so its
-MoE utilities can be used beside ours. EP composes with dp and cp, not (yet) with tp.
+MoE utilities can be used beside ours. EP composes with dp and cp, not (yet) with tp or pp.
 
     dims = ParallelDims.build(config.parallel, world, config.model, config.data.seq_len, config.stage)
     dims.dp_mesh          the FSDP mesh of the dense parameters (1-D dp_shard_cp, or 2-D for HSDP)
     dims.dp_rank          this rank's index among the data-parallel ranks (which samples it reads)
-    dims.tp_mesh, dims.cp_mesh   the tensor- and context-parallel meshes (size 1 when off)
+    dims.tp_mesh, dims.cp_mesh, dims.pp_mesh   the tensor-, context- and pipeline-parallel meshes (size 1 when off)
     dims.edp_mesh         the FSDP mesh of the experts (ep > 1)
     dims.ep_group         the all-to-all group of the experts (ep > 1)
     dims.expert_mesh      (ep, edp) over the same ranks: all experts of a layer as one DTensor (checkpoints)
@@ -42,7 +45,7 @@ from train.parallel.context import context_parallel_problems
 from train.parallel.tensor import tensor_parallel_problems
 from train.parallel.world import World
 
-MESH_DIMS = ("dp_replicate", "dp_shard", "cp", "tp")
+MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 
 
 @dataclass
@@ -54,18 +57,20 @@ class ParallelDims:
     device_type: str
     tp: int = 1
     cp: int = 1
+    pp: int = 1
     meshes: dict = field(default_factory=dict, repr=False)
     groups: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def resolve(cls, config: ParallelConfig, world_size: int, device_type: str = "cpu") -> "ParallelDims":
         """The sizes of `config` on `world_size` ranks (dp_shard=-1: the ranks left), validated; no mesh yet."""
-        for key in ("dp_replicate", "ep", "tp", "cp"):
+        for key in ("dp_replicate", "ep", "tp", "cp", "pp"):
             if getattr(config, key) < 1:
                 raise ValueError(f"parallel.{key}={getattr(config, key)} must be at least 1")
-        others = config.dp_replicate * config.cp * config.tp
+        others = config.dp_replicate * config.cp * config.tp * config.pp
         shard = config.dp_shard if config.dp_shard > 0 else world_size // others
-        dims = cls(config.dp_replicate, shard, config.ep, world_size, device_type, tp=config.tp, cp=config.cp)
+        dims = cls(config.dp_replicate, shard, config.ep, world_size, device_type, tp=config.tp, cp=config.cp,
+                   pp=config.pp)
         dims.validate()
         return dims
 
@@ -89,8 +94,8 @@ class ParallelDims:
 
     @property
     def sample_copies(self) -> int:
-        """Ranks that read each sample (its cp and tp ranks): host counts summed over all ranks count it so often."""
-        return self.cp * self.tp
+        """Ranks that read each sample (its pp, cp and tp ranks): host counts summed over all ranks count it so often."""
+        return self.pp * self.cp * self.tp
 
     @property
     def seq_len_divisor(self) -> int:
@@ -99,14 +104,17 @@ class ParallelDims:
 
     def validate(self) -> None:
         """Every size must divide out; the message names the keys and numbers."""
-        named = {"dp_replicate": self.dp_replicate, "dp_shard": self.dp_shard, "cp": self.cp, "tp": self.tp}
+        named = {"pp": self.pp, "dp_replicate": self.dp_replicate, "dp_shard": self.dp_shard, "cp": self.cp, "tp": self.tp}
         sizes = " x ".join(f"parallel.{k}={v}" for k, v in named.items() if v > 1 or k.startswith("dp"))
-        if self.dp_shard < 1 or self.dp_replicate * self.dp_shard * self.cp * self.tp != self.world_size:
+        if self.dp_shard < 1 or self.pp * self.dp_replicate * self.dp_shard * self.cp * self.tp != self.world_size:
             raise ValueError(f"{sizes} != world size {self.world_size}; the product must equal the number of "
                              "processes (dp_shard=-1 takes the ranks left)")
         if self.ep > 1 and self.tp > 1:
             raise ValueError(f"parallel.ep={self.ep} with parallel.tp={self.tp}: expert parallelism composes with the "
                              "data and context ranks only; use tp=1 (experts replicated within TP need ep=1)")
+        if self.ep > 1 and self.pp > 1:
+            raise ValueError(f"parallel.ep={self.ep} with parallel.pp={self.pp}: expert parallelism does not compose "
+                             "with pipeline stages yet (its groups span the whole world); use ep=1 or pp=1")
         if self.ep > 1 and self.grad_divisor % self.ep:
             raise ValueError(f"parallel.ep={self.ep} must be >= 1 and divide the data-parallel size {self.grad_divisor} "
                              f"(parallel.dp_replicate x parallel.dp_shard x parallel.cp)")
@@ -141,12 +149,12 @@ class ParallelDims:
                              f"{self.cp} (2 x cp zig-zag chunks) and parallel.tp={self.tp} (sequence-parallel shards)")
 
     def create(self) -> None:
-        shape = (self.dp_replicate, self.dp_shard, self.cp, self.tp)
+        shape = (self.pp, self.dp_replicate, self.dp_shard, self.cp, self.tp)
         world_mesh = init_device_mesh(self.device_type, shape, mesh_dim_names=MESH_DIMS)
         shard_cp = world_mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
         self.meshes["dp"] = world_mesh["dp_replicate", "dp_shard_cp"] if self.dp_replicate > 1 else shard_cp
         self.meshes["batch"] = world_mesh["dp_replicate", "dp_shard"]._flatten("batch")
-        self.meshes["tp"], self.meshes["cp"] = world_mesh["tp"], world_mesh["cp"]
+        self.meshes["tp"], self.meshes["cp"], self.meshes["pp"] = world_mesh["tp"], world_mesh["cp"], world_mesh["pp"]
         if self.ep > 1:
             self.create_expert_parallel()
         self.groups["checkpoint"] = dist.new_group(backend="gloo")
@@ -182,8 +190,8 @@ class ParallelDims:
 
     @property
     def dp_leader(self) -> bool:
-        """True on one rank of the cp x tp ranks that read the same samples (the one that records them)."""
-        return self.tp_mesh.get_local_rank() == 0 and self.cp_mesh.get_local_rank() == 0
+        """True on one rank of the pp x cp x tp ranks that read the same samples (the one that records them)."""
+        return self.tp_mesh.get_local_rank() == 0 and self.cp_mesh.get_local_rank() == 0 and self.pp_rank == 0
 
     @property
     def tp_mesh(self) -> DeviceMesh:
@@ -192,6 +200,15 @@ class ParallelDims:
     @property
     def cp_mesh(self) -> DeviceMesh:
         return self.meshes["cp"]
+
+    @property
+    def pp_mesh(self) -> DeviceMesh:
+        return self.meshes["pp"]
+
+    @property
+    def pp_rank(self) -> int:
+        """Which pipeline stage(s) this rank runs (train/parallel/pipeline.py)."""
+        return self.pp_mesh.get_local_rank()
 
     @property
     def edp_mesh(self) -> Optional[DeviceMesh]:
@@ -211,7 +228,7 @@ class ParallelDims:
 
     def describe(self) -> str:
         """The layout in one line, e.g. `4 ranks: dp_shard 2 x tp 2`."""
-        sizes = {"dp_replicate": self.dp_replicate, "dp_shard": self.dp_shard, "cp": self.cp, "tp": self.tp}
+        sizes = {"pp": self.pp, "dp_replicate": self.dp_replicate, "dp_shard": self.dp_shard, "cp": self.cp, "tp": self.tp}
         used = [f"{k} {v}" for k, v in sizes.items() if v > 1] or ["one rank"]
         return f"{self.world_size} rank(s): {' x '.join(used)}" + (f", ep {self.ep}" if self.ep > 1 else "")
 

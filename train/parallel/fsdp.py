@@ -5,10 +5,13 @@ any of it.
 
 Order as in torchtitan: experts cut to this rank's (on the plain model, clean parameter names), then the
 tensor-parallel plan (train/parallel/tensor.py), then checkpoint wrappers, then compile, then shard each
-block and the root (so each block's parameters are gathered just before it runs and freed after). With
+block and the root (so each block's parameters are gathered just before it runs and freed after); with
+pipeline parallelism, each of the rank's stages is split off first and is its own root. With
 `parallel.ep > 1` the experts are their own FSDP units over the edp mesh (train/parallel/expert.py); the
 dense parameters are sharded over the dp mesh (with tp, tensor-parallel parameters on a 2-D (dp, tp) mesh).
 """
+
+import warnings
 
 import torch
 from torch import nn
@@ -24,6 +27,7 @@ from train.model.moe.layer import MoE
 from train.parallel.context import ZigZagSplit
 from train.parallel.dims import ParallelDims
 from train.parallel.expert import apply_expert_parallel, shard_experts
+from train.parallel.pipeline import StageModule, staged_model
 from train.parallel.tensor import apply_tensor_parallel
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -50,10 +54,35 @@ def compiles_whole(block: nn.Module, config: ParallelConfig, dims: ParallelDims)
 
 def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) -> nn.Module:
     """Shard `model` in place and return it; with parallel.ep > 1, `model` must hold real weights
-    (all experts, identical on every rank): each rank keeps its own experts before sharding."""
+    (all experts, identical on every rank): each rank keeps its own experts before sharding. With
+    parallel.pp > 1 it returns this rank's pipeline stages (train/parallel/pipeline.py: a StagedModel), each
+    parallelised as a whole model would be and sharded as its own root."""
     for key, value in (("param_dtype", config.param_dtype), ("reduce_dtype", config.reduce_dtype)):
         if value not in DTYPES:
             raise ValueError(f"parallel.{key}={value!r}; use one of {', '.join(DTYPES)}")
+    policy = MixedPrecisionPolicy(param_dtype=DTYPES[config.param_dtype], reduce_dtype=DTYPES[config.reduce_dtype])
+    if dims.pp > 1:
+        def parallelize_stage(stage: StageModule) -> None:
+            with warnings.catch_warnings():  # a stage lacks the embedding or the head: their TP plan entries do not apply
+                warnings.filterwarnings("ignore", message="Parallelize plan key")
+                shard_blocks(stage.part, config, dims, policy)
+            fully_shard(stage, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=False)
+
+        return staged_model(model, config, dims.pp_rank, parallelize_stage)
+    shard_blocks(model, config, dims, policy)
+    # The loss calls model.hidden_states() and then reads model.output_weight() (train/loss.py fuses
+    # the output projection into the cross-entropy), so hidden_states is an FSDP forward too, and the
+    # root's parameters (embeddings, final norm, output head) stay gathered until backward.
+    fully_shard(model, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=False)
+    register_fsdp_forward_method(model, "hidden_states")
+    if model.mtp is not None:  # the MTP loss runs the MTP modules on hidden_states' output (train/mtp_loss.py)
+        register_fsdp_forward_method(model, "mtp_hidden_states")
+    return model
+
+
+def shard_blocks(model: nn.Module, config: ParallelConfig, dims: ParallelDims, policy: MixedPrecisionPolicy) -> None:
+    """Everything but the root's sharding: experts, tensor and context parallelism, checkpointing, compile,
+    and FSDP per block (each block's parameters gathered just before it runs)."""
     if dims.ep > 1:
         apply_expert_parallel(model, dims)
     if dims.tp > 1:
@@ -64,20 +93,11 @@ def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) ->
     if config.compile:
         for index, block in enumerate(model.layers):
             model.layers[index] = torch.compile(block, fullgraph=compiles_whole(block, config, dims))
-    policy = MixedPrecisionPolicy(param_dtype=DTYPES[config.param_dtype], reduce_dtype=DTYPES[config.reduce_dtype])
     if dims.ep > 1:  # before the blocks are sharded: the experts are their own FSDP units over edp
         shard_experts(model, dims, mp_policy=policy)
     mtp_blocks = [module.block for module in model.mtp] if model.mtp is not None else []
     for block in [*model.layers, *mtp_blocks]:
         fully_shard(block, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
-    # The loss calls model.hidden_states() and then reads model.output_weight() (train/loss.py fuses
-    # the output projection into the cross-entropy), so hidden_states is an FSDP forward too, and the
-    # root's parameters (embeddings, final norm, output head) stay gathered until backward.
-    fully_shard(model, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=False)
-    register_fsdp_forward_method(model, "hidden_states")
-    if model.mtp is not None:  # the MTP loss runs the MTP modules on hidden_states' output (train/mtp_loss.py)
-        register_fsdp_forward_method(model, "mtp_hidden_states")
-    return model
 
 
 @torch.no_grad()

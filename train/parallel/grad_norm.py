@@ -4,6 +4,8 @@ Without expert parallelism every gradient is a DTensor on the data-parallel mesh
 norm. With it, dense gradients live on the dp mesh and expert gradients on the edp mesh (DTensor ops
 refuse mixed meshes): each mesh's norm squared is computed apart, the experts' also summed over the ep
 group (its ranks hold different experts), and the clipping is applied per mesh with the one global norm.
+With pipeline parallelism each rank's gradients are its stages' (train/parallel/pipeline.py): the stages'
+squared norms are summed over the pp group.
 """
 
 import torch
@@ -35,6 +37,10 @@ def clip_grad_norm(parameters, max_norm: float, dims: ParallelDims) -> torch.Ten
             squares.append(part)
         norm = torch.stack(squares).sum().sqrt()
         groups = list(by_mesh.values())
+    if dims.pp > 1:  # each stage's layers on their own ranks: the stages' squares add up
+        squared = norm.float().square()
+        dist.all_reduce(squared, group=dims.pp_mesh.get_group())
+        norm = squared.sqrt()
     if max_norm > 0:
         for group in groups:
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, norm, foreach=True)

@@ -20,6 +20,9 @@ def test_the_data_parallel_ranks_are_what_tp_and_cp_leave():
     assert dims(8, dp_replicate=2, tp=2).dp_shard == 2
     assert dims(4, cp=2, ep=4).ep == 4  # expert parallelism borrows the context ranks too
     assert "dp_shard 2 x cp 2 x tp 2" in d.describe()
+    staged = dims(8, pp=2, tp=2)  # pipeline ranks read the same samples, like tp's
+    assert (staged.dp_shard, staged.dp_size, staged.sample_copies) == (2, 2, 4)
+    assert "pp 2 x dp_shard 2 x tp 2" in staged.describe()
 
 
 @pytest.mark.parametrize("world,sizes,message", [
@@ -28,6 +31,8 @@ def test_the_data_parallel_ranks_are_what_tp_and_cp_leave():
     (4, dict(tp=0), r"parallel.tp=0 must be at least 1"),
     (4, dict(ep=2, tp=2), r"parallel.ep=2 with parallel.tp=2"),
     (4, dict(ep=8), r"parallel.ep=8 must be >= 1 and divide the data-parallel size 4"),
+    (4, dict(pp=3), r"parallel.pp=3 x parallel.dp_replicate=1 x parallel.dp_shard=1 != world size 4"),
+    (4, dict(ep=2, pp=2), r"parallel.ep=2 with parallel.pp=2"),
 ])
 def test_sizes_that_do_not_divide_out_are_refused(world, sizes, message):
     with pytest.raises(ValueError, match=message):

@@ -56,6 +56,12 @@ def test_layouts_divide_the_states_as_they_shard_them():
     assert cp.tokens == 64 and cp.params == fsdp.params
     checkpointed = estimate_memory(model, ParallelConfig(param_dtype="fp32", activation_checkpointing="full"), 1, 256, 1)
     assert checkpointed.activation_bytes < one.activation_bytes
+    # pp2: rank 0 holds layer 0 and the embedding, and keeps 2 micro-batches in flight; rank 1 the rest and the head
+    net = build_model("llama3_tiny")
+    staged = estimate_memory(model, ParallelConfig(param_dtype="fp32", pp=2), 2, 256, 1)
+    last = sum(p.numel() for name, p in net.named_parameters() if not name.startswith(("embed", "layers.0.")))
+    first = one.params - last
+    assert staged.params == max(first, last) and staged.gathered_bytes == 0 and "pp 2" in staged.layout
 
 
 def test_inspector_prints_the_memory_of_a_layout_and_refuses_one_that_does_not_divide():
