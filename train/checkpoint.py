@@ -38,6 +38,7 @@ import errno
 import json
 import multiprocessing
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -54,11 +55,12 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType, AsyncSaveResponse
 from torch.distributed.checkpoint.stateful import Stateful
+from torch.distributed.tensor import DTensor
 
 from common.processes import exit_with_parent
 from train.config import CheckpointConfig
 from train.parallel.dims import ParallelDims
-from train.parallel.expert import expert_views
+from train.parallel.expert import expert_views, global_experts, is_expert_parameter
 from train.run_folder import CHECKPOINTS
 
 MODES = {"sync": None, "async": AsyncCheckpointerType.THREAD, "async_process": AsyncCheckpointerType.PROCESS}
@@ -127,21 +129,42 @@ class ModelState(Stateful):
 class OptimizerState(Stateful):
     """The optimizer's sharded state (AdamW moments per parameter), expert moments seen whole under EP. Flat,
     keyed by parameter name (`state.<name>.exp_avg`, `param_groups.<name>.lr`): pipeline stages hold
-    different parameters, and a nested state's lists of names per group would not reshard between layouts."""
+    different parameters, and a nested state's lists of names per group would not reshard between layouts.
+    Checkpoints written before the flat layout (`param_groups.<index>.lr`) are read nested, as they were
+    written (`nested`, set by the checkpointer for one load); the next save is flat."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dims: ParallelDims):
-        self.model, self.optimizer, self.dims, self.loaded = model, optimizer, dims, None
+        self.model, self.optimizer, self.dims, self.loaded, self.nested = model, optimizer, dims, None, False
 
     def state_dict(self):
-        self.loaded = get_optimizer_state_dict(self.model, self.optimizer, options=FLAT)
+        self.loaded = get_optimizer_state_dict(self.model, self.optimizer, options=None if self.nested else FLAT)
+        if self.dims.ep == 1:
+            return self.loaded
         # the moments of an expert parameter (its name is in the key) as views of all experts, like the parameter
-        return expert_views(self.loaded, self.dims) if self.dims.ep > 1 else self.loaded
+        if self.nested:
+            return {**self.loaded, "state": {name: {k: global_experts(t, self.dims) if isinstance(t, DTensor) else t
+                                                    for k, t in moments.items()} if is_expert_parameter(name) else moments
+                                             for name, moments in self.loaded["state"].items()}}
+        return expert_views(self.loaded, self.dims)
 
     def load_state_dict(self, state) -> None:
         # DCP loaded the tensors in place (expert views included) and put the loaded hyperparameters (lr, betas,
         # ...: not tensors) into `state`, which under EP is not `self.loaded` but its copy with the views
+        if self.nested:
+            set_optimizer_state_dict(self.model, self.optimizer, {**self.loaded, "param_groups": state["param_groups"]})
+            self.nested = False
+            return
         hyperparameters = {key: value for key, value in state.items() if not isinstance(value, torch.Tensor)}
         set_optimizer_state_dict(self.model, self.optimizer, {**self.loaded, **hyperparameters}, options=FLAT)
+
+    def read_layout_of(self, path: Path) -> None:
+        """Read the checkpoint at `path` nested if it was written so: its groups by index, each with its
+        parameters' names (`param_groups.0.params`; a flat group entry never holds `params`)."""
+        keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        self.nested = any(re.fullmatch(r"optim\.param_groups\.\d+\.params", key) for key in keys)
+        if self.nested and self.dims.pp > 1:
+            raise CheckpointError(f"{path} holds the optimizer state by group (written before pipeline parallelism "
+                                  "was added); resume it once without parallel.pp, then change the layout")
 
 
 class RNGState(Stateful):
@@ -289,6 +312,9 @@ class Checkpointer:
     def load(self, path: Path) -> Optional[str]:
         """Read `path` into the states; why any rank could not, or None (every rank gets the same answer)."""
         try:
+            for state in self.sharded.values():
+                if isinstance(state, OptimizerState):
+                    state.read_layout_of(path)
             dcp.load(self.sharded, checkpoint_id=str(path), process_group=self.group)
             replicated = json.loads((path / REPLICATED_FILE).read_text())
             for name, state in self.replicated.items():
