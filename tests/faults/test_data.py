@@ -29,6 +29,7 @@ def test_flipped_byte_in_a_shard_stops_training_before_any_step_and_names_it(pre
     print(f"stopped {job.times[-1] - job.started:.1f} s after the start")
 
 
+@pytest.mark.heavy
 def test_data_preparation_killed_midway_leaves_the_finished_output_and_a_rerun_completes(tmp_path, jobs):
     """A rebuild (another vocabulary) over a finished folder, SIGKILLed at a random moment while its two
     tokenizer processes work: the folder still holds the earlier, complete output, the tokenizer processes

@@ -42,7 +42,7 @@ def test_worker_killed_at_start_up_in_training_and_while_loading(reference, prep
           f"{job.recovery(job.killed):.1f} s after the kill while loading")
 
 
-@pytest.mark.parametrize("mode", ["async", "async_process"])
+@pytest.mark.parametrize("mode", [pytest.param("async", marks=pytest.mark.heavy), "async_process"])
 def test_worker_killed_during_an_async_save(reference, prepared_data, tmp_path, jobs, mode):
     """The first attempt's writes wait 4 s (FAULT=slow_save), so the kill lands while a save writes; under
     async_process the dead rank's saver process must die at once, never finishing its part."""

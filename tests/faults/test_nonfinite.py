@@ -7,7 +7,7 @@ from tests.train_helpers import losses, run_training
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("policy", ["skip", "stop"])
+@pytest.mark.parametrize("policy", ["skip", pytest.param("stop", marks=pytest.mark.heavy)])
 def test_non_finite_loss_between_reports_is_skipped_on_the_device(prepared_data, tmp_path, policy):
     """Step 3 is not a reporting step (every 5th is): its update is skipped on the device, the step counts,
     and step 5 reports it; under `stop` the run stops there."""
@@ -24,7 +24,7 @@ def test_non_finite_loss_between_reports_is_skipped_on_the_device(prepared_data,
         assert not (run_dir / "metrics.jsonl").exists() or not losses(run_dir)
 
 
-@pytest.mark.parametrize("policy", ["skip", "stop"])
+@pytest.mark.parametrize("policy", ["skip", pytest.param("stop", marks=pytest.mark.heavy)])
 def test_non_finite_loss(prepared_data, tmp_path, policy):
     run_dir = tmp_path / "run"
     result = run_training(run_dir, prepared_data, "trainer.max_steps=6", f"trainer.nonfinite={policy}",

@@ -41,6 +41,7 @@ def test_ffn_sweep_on_one_process(tmp_path, prepared_data):
     assert rows["swiglu"]["total_params"] == rows["swiglu"]["active_params"]
 
 
+@pytest.mark.heavy
 def test_failed_point_is_reported_and_rerun_skips_finished(tmp_path, prepared_data):
     # a micro-batch of 0 sequences: the trainer stops at start-up
     args = ["sweep=attention", "--points=mqa", "--retries=1", "trainer.micro_batch_size=4,0",

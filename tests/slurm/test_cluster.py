@@ -101,6 +101,7 @@ def test_tensor_and_context_parallel_layout_trains_across_two_nodes(slurm_cluste
     assert [m["step"] for m in metrics(tmp_path / "runs" / "tp_cp") if "loss" in m] == [1, 2, 3]
 
 
+@pytest.mark.heavy
 def test_preempted_job_checkpoints_requeues_and_finishes_without_repeating_steps(slurm_cluster, tmp_path, prepared_data):
     job = submit(slurm_cluster, tmp_path, prepared_data, "preempted", "trainer.max_steps=120", "checkpoint.every=1000",
                  "logging.wandb.mode=offline")
@@ -135,6 +136,7 @@ def worker_pids(job: str, rank: int) -> list:
     return found
 
 
+@pytest.mark.heavy
 def test_killed_worker_on_one_node_restarts_and_completes(slurm_cluster, tmp_path, prepared_data):
     job = submit(slurm_cluster, tmp_path, prepared_data, "killed", "trainer.max_steps=100", "checkpoint.every=10")
     run_dir = tmp_path / "runs" / "killed"

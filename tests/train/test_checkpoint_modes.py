@@ -29,7 +29,7 @@ def state(run_dir, step, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", [2, 4])
+@pytest.mark.parametrize("step", [2, pytest.param(4, marks=pytest.mark.heavy)])
 def test_every_mode_writes_the_same_state(saved, tmp_path, step):
     reference = state(saved / "sync", step, tmp_path)
     for mode in MODES[1:]:

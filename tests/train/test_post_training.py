@@ -82,7 +82,7 @@ def held_out_rewards(policy_dir, reference_dir, run_dir) -> dict:
     return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins)}
 
 
-@pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
+@pytest.mark.parametrize("loss_type", ["simpo", pytest.param("orpo", marks=pytest.mark.heavy)])
 def test_reference_free_first_loss_equals_the_pairs_mean(prepared_data, start_model, tmp_path, loss_type):
     """Step 1 (the policy is still the start model) of SimPO and ORPO through the trainer, 4 micro-batches
     of 2 pairs: its loss is the mean over the step's 8 pairs of the per-pair loss from full logits."""
@@ -230,6 +230,7 @@ def test_sft_from_a_hugging_face_template_equals_trls_masks_and_a_restart_reuses
     assert sorted(losses(run)) == [1, 2, 3]
 
 
+@pytest.mark.heavy
 def test_dpo_after_sft_keeps_the_template_and_equals_trls_tokens(prepared_data, qwen_sft, tmp_path):
     """~30 s. DPO from the SFT run's model folder (our format, the tokenizer with its template): the cached pairs
     are TRL's DPO tokenization of the same implicit-prompt rows."""

@@ -34,7 +34,7 @@ def test_sharded_ranks_equal_one_process(prepared_data, tmp_path, nproc, layout)
     assert a[20] < a[1] - 0.5  # it learns
 
 
-@pytest.mark.parametrize("resume_ranks", [1, 4])
+@pytest.mark.parametrize("resume_ranks", [pytest.param(1, marks=pytest.mark.heavy), 4])
 def test_checkpoint_of_two_ranks_resumes_on_other_world_sizes(prepared_data, tmp_path, resume_ranks):
     run_dir = tmp_path / "run"
     run_training(run_dir, prepared_data, "trainer.max_steps=6", "trainer.record_samples=true", nproc=2)
@@ -57,6 +57,7 @@ def test_cut_off_checkpoint_is_ignored(prepared_data, tmp_path):
     assert (run_dir / "checkpoints" / "step_00000012" / ".metadata").is_file()
 
 
+@pytest.mark.heavy
 def test_keeps_the_last_k_checkpoints(prepared_data, tmp_path):
     run_dir = tmp_path / "run"
     run_training(run_dir, prepared_data, "trainer.max_steps=8", "checkpoint.every=2", "checkpoint.keep=2",
@@ -64,6 +65,7 @@ def test_keeps_the_last_k_checkpoints(prepared_data, tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000006", "step_00000008"]
 
 
+@pytest.mark.heavy
 def test_final_model_folder_holds_the_checkpoint_weights(prepared_data, tmp_path):
     from train.model import load_model
 
