@@ -1,7 +1,7 @@
 """Training tokens/s of every family with a transformers counterpart: this project vs transformers on the
 same model, fp32 and bf16, with MFU against this machine's matmul peak.
 
-    python bench/families.py [--families llama3,qwen3_next] [--steps 4] [--warmup 1] [--data outputs/data/stdlib] [--device auto]
+    python bench/families.py [--families llama3,qwen3_next] [--steps 4] [--warmup 1] [--threads N] [--data outputs/data/stdlib] [--device auto]
 
 One row per adapter of train/model/hf (FAMILIES below: the family's tiny preset grown to a benchmark size,
 dim 256, mostly 4 layers, vocab 8192). Both sides train the same model from the same initial weights: a
@@ -181,6 +181,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the loss check")
     parser.add_argument("--data", default="outputs/data/stdlib", help="a folder prepared by `python -m data`")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="CPU threads of both sides (default: every core, as training uses; on a machine others "
+                             "share, 1 thread measures the work rather than the waits at each parallel region)")
     args = parser.parse_args()
     names = args.families.split(",")
     unknown = [n for n in names if n not in FAMILIES]
@@ -191,7 +194,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     device = pick_device(args.device)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     if device.type == "cuda":
         set_tf32(ParallelConfig().tf32)  # the peer's fp32 matmuls as ours
     peaks = peak(device)
