@@ -5,8 +5,9 @@
 One mixer layer (no embeddings, no FFN) at dim 256 with 4 heads, batch 1, fp32 on --device (default:
 CUDA when available, else the CPU), training forms (softmax attention through SDPA; MLA; chunked scans for linear attention, Gated DeltaNet and
 Mamba2; the parallel hybrid runs attention and Mamba2 side by side). Prints microseconds per token,
-the best of `repeats` runs after one warm-up. Linear mixers should stay flat per token (O(T)
-total), softmax attention and MLA grow with T (O(T^2)). No asserts.
+the best of `repeats` runs after one warm-up, and the last length's over the first's: linear mixers
+should stay flat per token (O(T) total, a ratio near 1), softmax attention and MLA grow with T
+(O(T^2)). No asserts.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import synchronize, where  # noqa: E402
 from train.model.config import (  # noqa: E402
     AttentionConfig,
     GatedDeltaNetConfig,
@@ -43,11 +45,6 @@ MIXER_CONFIGS = {
     "mamba2": MixerConfig(kind="mamba2", mamba2=MAMBA),
     "parallel_hybrid": MixerConfig(kind="parallel_hybrid", parallel_hybrid=ParallelHybridConfig(attention=ATTENTION, mamba2=MAMBA)),
 }
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_per_token(name: str, length: int, repeats: int, device: torch.device) -> float:
@@ -82,16 +79,18 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     started = time.perf_counter()
-    header = ["mixer (us/token, fwd+bwd)"] + [f"T={n}" for n in args.lengths] + [f"x vs softmax @T={args.lengths[-1]}"]
+    first, last = args.lengths[0], args.lengths[-1]
+    header = (["mixer (us/token, fwd+bwd)"] + [f"T={n}" for n in args.lengths]
+              + [f"T={last} / T={first}", f"x vs softmax @T={last}"])
     rows, softmax_last = [], None
     for name in args.mixers:
         times = [time_per_token(name, n, args.repeats, device) for n in args.lengths]
         if name == "softmax_attention":
             softmax_last = times[-1]
-        rows.append([name] + [f"{t:.1f}" for t in times] + [f"{times[-1] / softmax_last:.2f}" if softmax_last else "-"])
+        rows.append([name] + [f"{t:.1f}" for t in times] + [f"{times[-1] / times[0]:.2f}",
+                                                           f"{times[-1] / softmax_last:.2f}" if softmax_last else "-"])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"dim {DIM}, {HEADS} heads of {HEAD_DIM}, batch 1, fp32, {where}")
+    print(f"dim {DIM}, {HEADS} heads of {HEAD_DIM}, batch 1, fp32, {where(device)}")
     for row in [header] + rows:
         print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import Qwen3MoeConfig  # noqa: E402
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock  # noqa: E402
 
+from bench.harness import synchronize, where  # noqa: E402
 from train.model.config import FFNConfig, ModelConfig, MoEConfig, RouterConfig  # noqa: E402
 from train.model.moe.layer import MoE  # noqa: E402
 
@@ -76,11 +77,6 @@ def build(args, dtype, device):
     return modules, calls
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def seconds(module, call, x_BTD):
     module.zero_grad(set_to_none=True)
     x = x_BTD.detach().requires_grad_()
@@ -113,9 +109,8 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"MoE layer fwd+bwd, {args.tokens} tokens, dim {args.dim}, {args.experts} experts of {args.expert_dim}, top {args.top_k}, "
-          f"{where}")
+          f"{where(device)}")
     x_BTD = torch.randn(args.tokens // 512, 512, args.dim, device=device)
     results = {}
     for dtype in (torch.float32, torch.bfloat16):

@@ -42,7 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.pretrain_throughput import BATCH, SEQ, our_config, synchronize  # noqa: E402
+from bench.harness import synchronize  # noqa: E402
+from bench.pretrain_throughput import BATCH, SEQ, our_config  # noqa: E402
 from data.chat.preferences import read_pairs  # noqa: E402
 from data.chat.rows import ChatSource, Skipped  # noqa: E402
 from data.chat.sft import load_sft  # noqa: E402

@@ -4,15 +4,17 @@ long a checkpoint save blocks training (async vs sync).
     python bench/pretrain_throughput.py [--steps 8] [--data outputs/data/stdlib] [--device auto]
 
 Same model (Llama: hidden 384, 6 layers, 6 heads, 2 KV heads, FFN 1024, vocab 8192, untied), same
-batch (8 x 256 tokens of the prepared default corpus), same optimizer (torch AdamW, fused, the same
-hyper-parameters) and the same precision on both sides:
+batch (8 x 256 tokens of the prepared default corpus), same optimizer (AdamW, fused, train/optim.py's
+groups and settings) and the same precision on both sides (bench/harness.py):
 - fp32: fp32 weights and compute;
 - bf16: ours keeps fp32 master weights and computes in bf16 (FSDP2 MixedPrecisionPolicy), the peer
   runs under `torch.autocast(<device>, torch.bfloat16)`, the usual way to train an HF model in bf16.
 Ours is the real Trainer.train_step (FSDP2 on a one-rank mesh, fused chunked cross-entropy). Both run
 on --device (auto: CUDA when available, as parallel.device=auto picks; fp32 matmuls there use TF32 as
 parallel.tf32 says). MFU uses the inspector's FLOPs per token and the peak of train.metrics: the
-matmul measured on this CPU in the same run, or the GPU's datasheet figure. Prints tables; asserts nothing.
+matmul measured on this CPU in the same run, or the GPU's datasheet figure. The peer, ours and ours with
+parallel.compile take turns on every batch (harness.interleaved_seconds), so a busy machine slows them
+alike; rates are medians. Prints tables; asserts nothing.
 """
 
 import argparse
@@ -20,7 +22,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,13 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from train.config import LoggingConfig, TrainConfig  # noqa: E402
-from train.data_loader import to_device  # noqa: E402
-from train.metrics import peak_tflops  # noqa: E402
+from bench.harness import batches, interleaved_seconds, peak, peer_step, pick_device, where  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
 from train.model.config import apply_overrides, load_preset  # noqa: E402
 from train.model.summary import summarize  # noqa: E402
 from train.parallel.world import set_tf32  # noqa: E402
-from train.stages import STAGES, stage_data  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
 SHAPE = {"dim": 384, "num_layers": 6, "vocab_size": 8192, "max_seq_len": 256, "tie_embeddings": False,
@@ -59,57 +58,28 @@ def our_config(data: str, precision: str, run_dir: Path, device: torch.device, c
     return OmegaConf.to_object(OmegaConf.structured(config))
 
 
-def batches(config: TrainConfig, count: int, device: torch.device):
-    data = stage_data(STAGES["pretrain"], config)
-    return [to_device(data.collate([data.train[i * BATCH + j] for j in range(BATCH)]), device, False)
-            for i in range(count)]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step_fn, data, device: torch.device, warmup: int = 2):
-    for batch in data[:warmup]:
-        step_fn(batch)
-    times = []
-    for batch in data[warmup:]:
-        synchronize(device)
-        started = time.perf_counter()
-        step_fn(batch)
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    return BATCH * SEQ / statistics.median(times)
-
-
-def ours(config: TrainConfig, data, device: torch.device) -> float:
-    trainer = Trainer(config)
-    try:
-        return time_steps(lambda batch: trainer.train_step([batch], report=False), data, device)
-    finally:
-        trainer.close()
-
-
-def huggingface(precision: str, data, device: torch.device) -> float:
+def huggingface(device: torch.device):
+    """transformers' LlamaForCausalLM of the same shape, with its own seeded init."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
+    return LlamaForCausalLM(LlamaConfig(
         vocab_size=8192, hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
         num_key_value_heads=2, max_position_embeddings=SEQ, tie_word_embeddings=False, attn_implementation="sdpa")).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 
-    def step(batch):
-        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(input_ids=batch["inputs"]).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    return time_steps(step, data, device)
+def throughput(data: str, precision: str, run_root: Path, data_batches: list, device: torch.device) -> dict:
+    """Tokens/s of the peer, ours and ours compiled, interleaved (harness.interleaved_seconds; 2 warm-up steps)."""
+    trainers = {name: Trainer(our_config(data, precision, run_root / f"{name}-{precision}", device, compile=compile))
+                for name, compile in (("ours", False), ("compiled", True))}
+    try:
+        steps = {"peer": peer_step(huggingface(device), trainers["ours"].config, precision, device)}
+        steps.update({name: (lambda batch, t=trainer: t.train_step([batch], report=False)) for name, trainer in trainers.items()})
+        seconds = interleaved_seconds(steps, data_batches, 2, device)
+    finally:
+        for trainer in trainers.values():
+            trainer.close()
+    return {name: BATCH * SEQ / s for name, s in seconds.items()}
 
 
 def checkpoint_blocking(data: str, run_root: Path, data_batches, device: torch.device) -> dict:
@@ -139,35 +109,29 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.data, "manifest.json").exists():
         sys.exit(f"{args.data}: not prepared; run `python -m data` first")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         probe = our_config(args.data, "fp32", tmp / "probe", device)
         if device.type == "cuda":
             set_tf32(probe.parallel.tf32)  # the peer's fp32 matmuls as ours (the trainer sets it at start)
-        data = batches(probe, args.steps + 2, device)
+        data = batches(probe, args.steps + 2, BATCH, device)
         flops = summarize(probe.model, context=SEQ).flops_per_token
-        rows = []
-        for precision in ("fp32", "bf16"):
-            peak = peak_tflops(LoggingConfig(), device, torch.float32 if precision == "fp32" else torch.bfloat16)
-            peer = huggingface(precision, data, device)
-            mine = ours(our_config(args.data, precision, tmp / f"run-{precision}", device), data, device)
-            compiled = ours(our_config(args.data, precision, tmp / f"compiled-{precision}", device, compile=True), data, device)
-            rows.append((precision, peak, peer, mine, compiled))
+        peaks = peak(device)
+        rates = {precision: throughput(args.data, precision, tmp, data, device) for precision in peaks}
         blocking = checkpoint_blocking(args.data, tmp, data, device)
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"Llama 384x6, 6 heads / 2 KV heads, FFN 1024, vocab 8192; batch {BATCH}x{SEQ}; AdamW (fused); "
-          f"{where}; median of {args.steps} steps")
+          f"{where(device)}; median of {args.steps} steps, the three sides interleaved")
     print(f"training FLOPs per token (inspector): {flops / 1e6:.1f} M\n")
     print("| precision | peak TFLOP/s | HF LlamaForCausalLM tok/s | MFU | llm-blocks tok/s | MFU | speed-up "
           "| + parallel.compile tok/s | speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for precision, peak, peer, mine, compiled in rows:
-        mfu = lambda rate: 100 * rate * flops / (peak * 1e12)  # noqa: E731
-        print(f"| {precision} | {peak:.3f} | {peer:,.0f} | {mfu(peer):.1f}% | {mine:,.0f} | {mfu(mine):.1f}% | "
+    for precision, rate in rates.items():
+        peer, mine, compiled = rate["peer"], rate["ours"], rate["compiled"]
+        mfu = lambda rate: 100 * rate * flops / (peaks[precision] * 1e12)  # noqa: E731
+        print(f"| {precision} | {peaks[precision]:.3f} | {peer:,.0f} | {mfu(peer):.1f}% | {mine:,.0f} | {mfu(mine):.1f}% | "
               f"{mine / peer:.2f}x | {compiled:,.0f} | {compiled / peer:.2f}x |")
     print("\n| checkpoint mode | blocks training (s) | vs sync |")
     print("|---|---:|---:|")

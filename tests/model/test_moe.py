@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from train.model import build_model
 from train.model.config import FFNConfig, ModelConfig, MoEConfig, RouterConfig
+from train.model.moe import experts
 from train.model.moe.layer import MoE
 from train.model.moe.metrics import moe_metrics
 
@@ -113,6 +114,28 @@ def test_grouped_mm_gradients_equal_sorted_loop():
         grads.append({n: p.grad for n, p in layer.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["softmax_topk", "gpt_oss_clamped"])
+def test_bf16_experts_on_the_cpu_pad_their_rows_and_change_nothing(variant, monkeypatch):
+    """In bf16 on the CPU each expert's rows are padded with zero rows to a multiple of CPU_BF16_ROWS (oneDNN
+    then reuses its kernels): the outputs and gradients are those of the unpadded rows (a multiple of 1)."""
+    x_BTD = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1)).bfloat16()
+    groups = []  # the group sizes the expert matmuls run on
+    linear = experts.grouped_linear
+    monkeypatch.setattr(experts, "grouped_linear", lambda x, w, counts_E, grouped: groups.append(counts_E) or linear(x, w, counts_E, grouped))
+    results = []
+    for multiple in (experts.CPU_BF16_ROWS, 1):
+        monkeypatch.setattr(experts, "CPU_BF16_ROWS", multiple)
+        layer = make_moe(**VARIANTS[variant], hidden_dim=16).bfloat16()  # bf16 grouped matmuls need 16-byte strides
+        x = x_BTD.clone().requires_grad_()
+        y_BTD = layer(x)
+        y_BTD.float().square().sum().backward()
+        results.append([y_BTD, x.grad] + [p.grad for p in layer.parameters()])
+    padded, plain = groups[0], groups[-1]
+    assert all(int(c) % 32 == 0 for c in padded) and padded.sum() > plain.sum() == 2 * 9 * make_moe(**VARIANTS[variant]).top_k
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)  # about one bf16 rounding
 
 
 def test_group_limited_choice_stays_in_the_best_groups():

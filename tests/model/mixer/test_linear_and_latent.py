@@ -2,6 +2,8 @@
 form for the chunked scans, a quadratic-form linear attention written from Katharopoulos et al.,
 running documents separately for document resets, the full forward for cached decoding."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,6 +69,27 @@ def test_chunked_delta_rule_equals_recurrent(with_reset):
     y, final = chunked_delta_rule(*args, chunk=8)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(final, state_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["linear", "delta"])
+def test_chunked_scan_gradients_equal_recurrent(rule):
+    """Backward through the loop over chunk states (5 chunks, resets, an initial state): every input's
+    gradient equals the token-by-token form's."""
+    inputs = list(scan_inputs())
+    if rule == "delta":
+        inputs[0], inputs[1] = F.normalize(inputs[0], dim=-1) * 8**-0.5, F.normalize(inputs[1], dim=-1)
+    forms = {"linear": (recurrent_linear_attention, functools.partial(chunked_linear_attention, chunk=8)),
+             "delta": (recurrent_delta_rule, functools.partial(chunked_delta_rule, chunk=8))}
+    grads = []
+    for scan in forms[rule]:
+        q, k, v, log_decay, beta, reset, state = (t.clone().requires_grad_(t.is_floating_point()) for t in inputs)
+        args = (q, k, v, log_decay, reset, state) if rule == "linear" else (q, k, v, log_decay, beta, reset, state)
+        y, final = scan(*args)
+        (y.square().sum() + final.square().sum()).backward()
+        grads.append([t.grad for t in (q, k, v, log_decay, state) + ((beta,) if rule == "delta" else ())])
+    for reference, chunked in zip(*grads):
+        assert reference.abs().sum() > 0
+        torch.testing.assert_close(chunked, reference, atol=1e-4, rtol=1e-4)
 
 
 def test_reset_equals_running_each_document_from_a_zero_state():

@@ -18,7 +18,7 @@ beta [B, H, T], state [B, H, K, V]; computed in fp32.
 import torch
 import torch.nn.functional as F
 
-from train.model.mixer.linear_scan import chunk_masks
+from train.model.mixer.linear_scan import chunk_masks, chunks
 
 
 def recurrent_delta_rule(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT, beta_BHT, reset_BT=None, state_BHKV=None):
@@ -53,8 +53,9 @@ def chunked_delta_rule(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT, beta_BHT, reset_BT
     q_from_start, k_to_end = q * from_start[..., None], k * to_end[..., None]
     S_BHKV = q.new_zeros(B, H, K, V) if state_BHKV is None else state_BHKV.float()
     ys = []
-    for n in range(q.shape[2]):
-        u_new = u_BHNCV[:, :, n] - w_BHNCK[:, :, n] @ S_BHKV
-        ys.append(q_from_start[:, :, n] @ S_BHKV + intra_BHNCC[:, :, n] @ u_new)
-        S_BHKV = S_BHKV * chunk_decay[:, :, n, None, None] + k_to_end[:, :, n].transpose(-1, -2) @ u_new
+    for u_BHCV, w_BHCK, q_BHCK, intra_BHCC, k_BHCK, decay_BH in chunks(u_BHNCV, w_BHNCK, q_from_start, intra_BHNCC, k_to_end,
+                                                                      chunk_decay):
+        u_new = u_BHCV - w_BHCK @ S_BHKV
+        ys.append(q_BHCK @ S_BHKV + intra_BHCC @ u_new)
+        S_BHKV = S_BHKV * decay_BH[..., None, None] + k_BHCK.transpose(-1, -2) @ u_new
     return torch.cat(ys, dim=2)[:, :, :T], S_BHKV

@@ -75,6 +75,13 @@ def chunk_masks(log_decay_BHT, reset_BT, T: int, chunk: int, B: int, H: int, dev
     return pair_BHNCC, from_start_BHNC, to_end_BHNC, chunk_decay_BHN, pad
 
 
+def chunks(*tensors_BHN):
+    """Each chunk's slices of tensors [B, H, N, ...], one tuple per chunk n. By unbind, not x[:, :, n]: the
+    backward of N such selects adds N gradients of the whole tensor, zero but for one chunk (O(T^2) work
+    per scan); unbind's backward stacks the N chunk gradients once."""
+    return zip(*(x.unbind(2) for x in tensors_BHN))
+
+
 def chunked_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset_BT=None, state_BHKV=None, chunk: int = 64):
     B, H, T, K = q_BHTK.shape
     V = v_BHTV.shape[-1]
@@ -84,9 +91,9 @@ def chunked_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset_B
     q_from_start, k_to_end = q * from_start[..., None], k * to_end[..., None]
     S_BHKV = q.new_zeros(B, H, K, V) if state_BHKV is None else state_BHKV.float()
     ys = []
-    for n in range(q.shape[2]):  # the scan over chunk states
-        ys.append(y_intra_BHNCV[:, :, n] + q_from_start[:, :, n] @ S_BHKV)
-        S_BHKV = S_BHKV * chunk_decay[:, :, n, None, None] + k_to_end[:, :, n].transpose(-1, -2) @ v[:, :, n]
+    for y_intra_BHCV, q_BHCK, k_BHCK, v_BHCV, decay_BH in chunks(y_intra_BHNCV, q_from_start, k_to_end, v, chunk_decay):
+        ys.append(y_intra_BHCV + q_BHCK @ S_BHKV)  # the scan over chunk states
+        S_BHKV = S_BHKV * decay_BH[..., None, None] + k_BHCK.transpose(-1, -2) @ v_BHCV
     return torch.cat(ys, dim=2)[:, :, :T], S_BHKV
 
 

@@ -1,0 +1,87 @@
+"""What the training benchmarks share: the device, batches of the prepared corpus, the peer's training
+step, interleaved timing and the machine's matmul peak.
+
+The peer (a transformers model) trains as pretrain_throughput.py's docstring says: fp32 weights, and
+for bf16 `torch.autocast(<device>, torch.bfloat16)` (fp32 master weights and bf16 compute, as ours with
+parallel.param_dtype=bf16); the loss is the cross-entropy of its logits (upcast to fp32) against the
+batch's targets; AdamW and the learning-rate schedule from train/optim.py (the same parameter groups,
+settings and warm-up as ours: the two models stay alike, and so do an MoE's routings) after the same
+gradient clipping.
+"""
+
+import statistics
+import time
+
+import torch
+
+from train.config import LoggingConfig, TrainConfig
+from train.data_loader import to_device
+from train.metrics import peak_tflops
+from train.optim import build_optimizer, build_scheduler
+from train.stages import STAGES, stage_data
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def pick_device(choice: str) -> torch.device:
+    """auto: CUDA when available, as parallel.device=auto picks."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def where(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def batches(config, count: int, batch_size: int, device: torch.device) -> list:
+    """`count` pre-training batches of `batch_size` windows of config.data's corpus, on the device."""
+    data = stage_data(STAGES["pretrain"], config)
+    return [to_device(data.collate([data.train[i * batch_size + j] for j in range(batch_size)]), device, False)
+            for i in range(count)]
+
+
+def peak(device: torch.device) -> dict:
+    """precision -> the matmul TFLOP/s MFU is relative to (train.metrics: measured on a CPU, the datasheet's on a GPU)."""
+    return {name: peak_tflops(LoggingConfig(), device, dtype) for name, dtype in PRECISIONS.items()}
+
+
+def peer_step(model: torch.nn.Module, config: TrainConfig, precision: str, device: torch.device):
+    """A function training `model` one step on a batch (AdamW and its schedule as `config` says for ours) and
+    returning its loss, detached."""
+    optimizer = build_optimizer(model, config.optim, device)
+    scheduler = build_scheduler(optimizer, config.optim, config.trainer.max_steps)
+
+    def step(batch) -> torch.Tensor:
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            logits_BTV = model(input_ids=batch["inputs"]).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits_BTV.flatten(0, 1), batch["targets"].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def interleaved_seconds(steps: dict, data: list, warmup: int, device: torch.device) -> dict:
+    """Median seconds per step of each of `steps` (name -> function of a batch). The sides take turns on every
+    batch, the order reversed from one batch to the next, so a machine shared with other work slows them alike;
+    the first `warmup` batches are not timed."""
+    times = {name: [] for name in steps}
+    for index, batch in enumerate(data):
+        for name in list(steps)[:: 1 - 2 * (index % 2)]:
+            synchronize(device)
+            started = time.perf_counter()
+            steps[name](batch)
+            synchronize(device)
+            if index >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
