@@ -16,7 +16,8 @@ cross-entropy, the router-bias update of DeepSeek-V3 and LongCat-Flash).
 Before timing, each side trains one step on the first batch and their losses must agree (fp32: within
 1e-3 relative; bf16: 3e-2), so a row never compares different models; the check is printed. Then one
 untimed warm-up step and --steps timed ones, the sides taking turns on every batch (harness.
-interleaved_seconds); rates are the medians. The peer column says what transformers runs on this
+interleaved_times); rates are the medians, ratios the medians of the per-batch ratios (harness.paired_ratio:
+two steps timed side by side meet the same load). The peer column says what transformers runs on this
 machine: its attention implementation, its experts kernel, and for the linear mixers whether the
 library kernel (fla, mamba_ssm, causal_conv1d) is installed or its PyTorch fallback runs. MFU = rate x
 training FLOPs per token (the inspector, train/model/summary.py: 6 x active matmul weights + attention
@@ -27,6 +28,7 @@ import argparse
 import gc
 import importlib.util
 import os
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import batches, interleaved_seconds, peak, peer_step, pick_device, where  # noqa: E402
+from bench.harness import batches, interleaved_times, paired_ratio, peak, peer_step, pick_device, where  # noqa: E402
 from bench.pretrain_throughput import our_config  # noqa: E402
 from train.model.config import apply_overrides, load_preset  # noqa: E402
 from train.model.folder import save_model  # noqa: E402
@@ -61,7 +63,7 @@ FFN = 704  # ~2.75 x dim, the SwiGLU width of Llama-like models
 class Family:
     preset: str  # the tiny preset grown by SHAPE and `overrides`
     overrides: dict = field(default_factory=dict)
-    kernels: tuple = ()  # the packages transformers' fast path for this family's mixers imports
+    kernels: tuple = ()  # (the linear mixer, the packages of transformers' fast path for it), if any
 
 
 FAMILIES = {
@@ -84,11 +86,11 @@ FAMILIES = {
     "qwen3_next": Family("qwen3_next_tiny", {"mixers.full.attention": ATTENTION, "ffns.moe.moe": {**EXPERTS, "shared_hidden_dim": 256},
                                              "mixers.linear.gated_deltanet": {"num_key_heads": 2, "num_value_heads": 4,
                                                                               "key_head_dim": 64, "value_head_dim": 64}},
-                         kernels=("fla", "causal_conv1d")),
+                         kernels=("Gated DeltaNet", ("fla", "causal_conv1d"))),
     "longcat_flash": Family("longcat_flash_tiny", {"num_layers": 2, "mixers.mla.mla": MLA, "ffns.swiglu.hidden_dim": FFN,  # 2 blocks each
                                                    "ffns.moe.moe": EXPERTS}),
     "mamba2": Family("mamba2_tiny", {"num_layers": 6, "mixers.ssm.mamba2": {  # no FFN: more layers
-        "num_heads": 8, "head_dim": 64, "state_size": 64, "num_groups": 1, "chunk_size": 64}}, kernels=("mamba_ssm", "causal_conv1d")),
+        "num_heads": 8, "head_dim": 64, "state_size": 64, "num_groups": 1, "chunk_size": 64}}, kernels=("SSD", ("mamba_ssm", "causal_conv1d"))),
 }
 TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2}  # relative difference of the first step's losses
 
@@ -100,7 +102,8 @@ class Row:
     flops: int = 0  # training FLOPs per token
     peer: str = ""  # what transformers runs
     loss_differences: dict = field(default_factory=dict)  # precision -> relative difference of the first-step losses
-    rates: dict = field(default_factory=dict)  # precision -> (peer, ours) tokens/s
+    rates: dict = field(default_factory=dict)  # precision -> (peer, ours) tokens/s, medians
+    ratios: dict = field(default_factory=dict)  # precision -> how many times the peer's speed ours has (harness.paired_ratio)
 
 
 def model_config(name: str):
@@ -114,8 +117,11 @@ def peer_path(name: str, model) -> str:
     parts = [] if name == "mamba2" else [config._attn_implementation]
     if getattr(config, "_experts_implementation", None) and any("experts" in n for n, _ in model.named_modules()):
         parts.append(f"experts {config._experts_implementation}")
-    for package in FAMILIES[name].kernels:
-        parts.append(f"{package}" if importlib.util.find_spec(package) else f"torch fallback (no {package})")
+    if FAMILIES[name].kernels:
+        mixer, packages = FAMILIES[name].kernels
+        found = [p for p in packages if importlib.util.find_spec(p) is not None]
+        absent = [p for p in packages if p not in found]
+        parts.append(f"{mixer}: " + ", ".join(found + ([f"torch fallback (no {', '.join(absent)})"] if absent else [])))
     return ", ".join(parts)
 
 
@@ -153,8 +159,9 @@ def compare(row: Row, precision: str, args, data: list, folder: Path, device: to
         if not difference <= TOLERANCE[precision]:
             sys.exit(f"{row.family} {precision}: the two sides' first losses differ by {difference:.1e} (more than "
                      f"{TOLERANCE[precision]}): they do not train the same model; check its adapter (tests/model/hf)")
-        seconds = interleaved_seconds(step, data[1:], args.warmup, device)
-        row.rates[precision] = BATCH * SEQ / seconds["transformers"], BATCH * SEQ / seconds["ours"]
+        times = interleaved_times(step, data[1:], args.warmup, device)
+        row.rates[precision] = tuple(BATCH * SEQ / statistics.median(times[side]) for side in ("transformers", "ours"))
+        row.ratios[precision] = paired_ratio(times["ours"], times["transformers"])
     finally:
         trainer.close()
 
@@ -168,7 +175,7 @@ def table(rows: list, peaks: dict) -> list:
         for precision in ("fp32", "bf16"):
             mfu = lambda rate: 100 * rate * row.flops / (peaks[precision] * 1e12)  # noqa: E731
             peer, mine = row.rates[precision]
-            cells += [f"{peer:,.0f} ({mfu(peer):.0f}%)", f"{mine:,.0f} ({mfu(mine):.0f}%)", f"{mine / peer:.2f}x"]
+            cells += [f"{peer:,.0f} ({mfu(peer):.0f}%)", f"{mine:,.0f} ({mfu(mine):.0f}%)", f"{row.ratios[precision]:.2f}x"]
         cells.append(" / ".join(f"{row.loss_differences[p]:.0e}" for p in ("fp32", "bf16")))
         lines.append("| " + " | ".join(cells) + " |")
     return lines

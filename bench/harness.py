@@ -71,10 +71,11 @@ def peer_step(model: torch.nn.Module, config: TrainConfig, precision: str, devic
     return step
 
 
-def interleaved_seconds(steps: dict, data: list, warmup: int, device: torch.device) -> dict:
-    """Median seconds per step of each of `steps` (name -> function of a batch). The sides take turns on every
-    batch, the order reversed from one batch to the next, so a machine shared with other work slows them alike;
-    the first `warmup` batches are not timed."""
+def interleaved_times(steps: dict, data: list, warmup: int, device: torch.device) -> dict:
+    """Seconds of every step of each of `steps` (name -> function of a batch), timed batch by batch. The sides
+    take turns on every batch, the order reversed from one batch to the next, so a machine shared with other
+    work slows them alike (and the i-th times of two sides were taken side by side); the first `warmup`
+    batches are not timed."""
     times = {name: [] for name in steps}
     for index, batch in enumerate(data):
         for name in list(steps)[:: 1 - 2 * (index % 2)]:
@@ -84,4 +85,10 @@ def interleaved_seconds(steps: dict, data: list, warmup: int, device: torch.devi
             synchronize(device)
             if index >= warmup:
                 times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(seconds) for name, seconds in times.items()}
+    return times
+
+
+def paired_ratio(times: list, reference: list) -> float:
+    """How many times faster `times` are than `reference`: the median over batches of reference / times, each
+    pair timed side by side (more robust on a busy machine than a ratio of two medians)."""
+    return statistics.median(r / t for t, r in zip(times, reference))

@@ -13,7 +13,7 @@ Ours is the real Trainer.train_step (FSDP2 on a one-rank mesh, fused chunked cro
 on --device (auto: CUDA when available, as parallel.device=auto picks; fp32 matmuls there use TF32 as
 parallel.tf32 says). MFU uses the inspector's FLOPs per token and the peak of train.metrics: the
 matmul measured on this CPU in the same run, or the GPU's datasheet figure. The peer, ours and ours with
-parallel.compile take turns on every batch (harness.interleaved_seconds), so a busy machine slows them
+parallel.compile take turns on every batch (harness.interleaved_times), so a busy machine slows them
 alike; rates are medians. Prints tables; asserts nothing.
 """
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from bench.harness import batches, interleaved_seconds, peak, peer_step, pick_device, where  # noqa: E402
+from bench.harness import batches, interleaved_times, peak, peer_step, pick_device, where  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.model.config import apply_overrides, load_preset  # noqa: E402
 from train.model.summary import summarize  # noqa: E402
@@ -69,17 +69,17 @@ def huggingface(device: torch.device):
 
 
 def throughput(data: str, precision: str, run_root: Path, data_batches: list, device: torch.device) -> dict:
-    """Tokens/s of the peer, ours and ours compiled, interleaved (harness.interleaved_seconds; 2 warm-up steps)."""
+    """Tokens/s of the peer, ours and ours compiled: medians of their interleaved steps (2 warm-up steps)."""
     trainers = {name: Trainer(our_config(data, precision, run_root / f"{name}-{precision}", device, compile=compile))
                 for name, compile in (("ours", False), ("compiled", True))}
     try:
         steps = {"peer": peer_step(huggingface(device), trainers["ours"].config, precision, device)}
         steps.update({name: (lambda batch, t=trainer: t.train_step([batch], report=False)) for name, trainer in trainers.items()})
-        seconds = interleaved_seconds(steps, data_batches, 2, device)
+        times = interleaved_times(steps, data_batches, 2, device)
     finally:
         for trainer in trainers.values():
             trainer.close()
-    return {name: BATCH * SEQ / s for name, s in seconds.items()}
+    return {name: BATCH * SEQ / statistics.median(seconds) for name, seconds in times.items()}
 
 
 def checkpoint_blocking(data: str, run_root: Path, data_batches, device: torch.device) -> dict:
