@@ -157,11 +157,11 @@ class OptimizerState(Stateful):
         hyperparameters = {key: value for key, value in state.items() if not isinstance(value, torch.Tensor)}
         set_optimizer_state_dict(self.model, self.optimizer, {**self.loaded, **hyperparameters}, options=FLAT)
 
-    def read_layout_of(self, path: Path) -> None:
-        """Read the checkpoint at `path` nested if it was written so: its groups by index, each with its
-        parameters' names (`param_groups.0.params`; a flat group entry never holds `params`)."""
+    def read_layout_of(self, path: Path, name: str) -> None:
+        """Read the checkpoint at `path` (this state saved under `name`) nested if it was written so: its groups
+        by index, each with its parameters' names (`param_groups.0.params`; a flat group never holds `params`)."""
         keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-        self.nested = any(re.fullmatch(r"optim\.param_groups\.\d+\.params", key) for key in keys)
+        self.nested = any(re.fullmatch(rf"{re.escape(name)}\.param_groups\.\d+\.params", key) for key in keys)
         if self.nested and self.dims.pp > 1:
             raise CheckpointError(f"{path} holds the optimizer state by group (written before pipeline parallelism "
                                   "was added); resume it once without parallel.pp, then change the layout")
@@ -312,9 +312,9 @@ class Checkpointer:
     def load(self, path: Path) -> Optional[str]:
         """Read `path` into the states; why any rank could not, or None (every rank gets the same answer)."""
         try:
-            for state in self.sharded.values():
+            for name, state in self.sharded.items():
                 if isinstance(state, OptimizerState):
-                    state.read_layout_of(path)
+                    state.read_layout_of(path, name)
             dcp.load(self.sharded, checkpoint_id=str(path), process_group=self.group)
             replicated = json.loads((path / REPLICATED_FILE).read_text())
             for name, state in self.replicated.items():

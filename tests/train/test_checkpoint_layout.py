@@ -32,7 +32,7 @@ def test_a_checkpoint_of_either_layout_loads_every_moment_and_hyperparameter(tmp
     for moments in fresh_optimizer.state.values():
         moments["exp_avg"].zero_()
     reader = OptimizerState(fresh_model, fresh_optimizer, one_process)
-    reader.read_layout_of(tmp_path)
+    reader.read_layout_of(tmp_path, "optim")
     assert reader.nested == nested
     dcp.load({"optim": reader}, checkpoint_id=str(tmp_path))
     assert not reader.nested  # the next save is flat
@@ -49,4 +49,4 @@ def test_a_nested_checkpoint_is_refused_under_pipeline_parallelism(tmp_path):
     written.nested = True
     dcp.save({"optim": written}, checkpoint_id=str(tmp_path))
     with pytest.raises(CheckpointError, match="resume it once without parallel.pp"):
-        OptimizerState(model, optimizer, SimpleNamespace(ep=1, pp=2)).read_layout_of(tmp_path)
+        OptimizerState(model, optimizer, SimpleNamespace(ep=1, pp=2)).read_layout_of(tmp_path, "optim")
