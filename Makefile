@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/data_throughput.py
 	$(PY) -m data progress=false
 	$(PY) bench/pretrain_throughput.py
+	$(PY) bench/families.py
 	$(PY) bench/mixers.py
 	$(PY) bench/moe.py
 

@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import batches, interleaved_times, paired_ratio, peak, peer_step, pick_device, where  # noqa: E402
 from bench.pretrain_throughput import our_config  # noqa: E402
+from train.config import ParallelConfig  # noqa: E402
 from train.model.config import apply_overrides, load_preset  # noqa: E402
 from train.model.folder import save_model  # noqa: E402
 from train.model.hf import export_hf  # noqa: E402
 from train.model.summary import summarize  # noqa: E402
-from train.config import ParallelConfig  # noqa: E402
 from train.model.transformer import Transformer  # noqa: E402
 from train.parallel.world import set_tf32  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
@@ -53,7 +53,7 @@ from train.trainer import Trainer  # noqa: E402
 BATCH, SEQ = 4, 256
 SHAPE = {"dim": 256, "num_layers": 4, "vocab_size": 8192, "max_seq_len": SEQ}
 ATTENTION = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 64}
-SLIDING = {**ATTENTION, "window": 128}  # half the window: the sliding layers' masks matter
+SLIDING = {**ATTENTION, "window": 128}  # half the sequence: the sliding layers' masks matter
 MLA = {"num_heads": 4, "q_lora_rank": 128, "kv_lora_rank": 128, "qk_nope_head_dim": 48, "qk_rope_head_dim": 16, "v_head_dim": 64}
 EXPERTS = {"num_experts": 8, "hidden_dim": 256}  # the presets' routers: top 2 (LongCat-Flash: 3 of 8 + 4 zero experts)
 FFN = 704  # ~2.75 x dim, the SwiGLU width of Llama-like models
