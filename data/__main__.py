@@ -1,10 +1,9 @@
 """`python -m data [overrides]`: prepare token shards (see data/prepare.py and configs/data.yaml)."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from common.errors import BAD_INPUT, one_line_errors
 from common.help import install_help
 from common.paths import CONFIGS_DIR
 from data.config import PrepareConfig
@@ -49,11 +48,8 @@ def summary(prepared, val_fraction: float) -> str:
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="data", version_base=None)
 def main(cfg: DictConfig) -> None:
     config: PrepareConfig = OmegaConf.to_object(cfg)
-    try:
+    with one_line_errors(DataError, *BAD_INPUT):
         prepared = prepare(config)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
     print(summary(prepared, config.shards.val_fraction))
 
 

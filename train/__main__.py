@@ -3,6 +3,7 @@
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from common.errors import one_line_errors
 from common.help import install_help
 from common.paths import CONFIGS_DIR
 from train.config import TrainConfig
@@ -21,7 +22,8 @@ install_help(
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
     config: TrainConfig = OmegaConf.to_object(cfg)
-    trainer = Trainer(config)
+    with one_line_errors():  # bad settings are refused while the trainer is built, before any step
+        trainer = Trainer(config)
     try:
         trainer.train()
     except BaseException:

@@ -27,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from common.atomic import atomic_write
+from common.errors import BAD_INPUT, one_line_errors
 from common.paths import CONFIGS_DIR
 from train.config import ModelFolderArgs
 from train.downstream import DELIMITER, read_questions
@@ -149,10 +150,8 @@ def main(cfg) -> None:
     config: EvaluateConfig = OmegaConf.to_object(cfg)
     if not config.model_dir or not (config.tasks or config.task_files):
         sys.exit("error: give model_dir=<model folder or step checkpoint> and tasks=[...] and/or task_files=[...]")
-    try:
+    with one_line_errors(*BAD_INPUT, ModuleNotFoundError):
         results = evaluate(config)
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as error:
-        sys.exit(f"error: {error}")
     print(table(results))
     out = write_results(results, Path(config.out or Path(config.model_dir) / "eval_results.json"))
     print(f"wrote {out}")

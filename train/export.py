@@ -25,6 +25,7 @@ import torch.distributed.checkpoint as dcp
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from common.errors import one_line_errors
 from common.paths import CONFIGS_DIR
 from train import run_folder
 from train.checkpoint import REPLICATED_FILE, is_complete, step_dirs
@@ -95,10 +96,8 @@ def main(cfg) -> None:
     config: ExportConfig = OmegaConf.to_object(cfg)
     if not config.model_dir or not config.out:
         raise SystemExit("error: give both model_dir=<model folder or step checkpoint> and out=<folder to write>")
-    try:
+    with one_line_errors():
         out = export(config.model_dir, config.out, config.max_shard_size, config.dtype)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
 
 

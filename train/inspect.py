@@ -19,6 +19,7 @@ from typing import List, Optional
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from common.errors import one_line_errors
 from common.numbers import count, nbytes
 from common.paths import CONFIGS_DIR
 from train.config import ParallelConfig
@@ -102,6 +103,11 @@ def format_table(names: list[str], summaries: list[Summary], memories: list[Memo
 
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="inspect", version_base=None)
 def main(cfg: InspectConfig) -> None:
+    with one_line_errors():
+        print(inspect_table(cfg))
+
+
+def inspect_table(cfg: InspectConfig) -> str:
     if cfg.compare:
         names, configs = list(cfg.compare), [load_preset(name) for name in cfg.compare]
     else:
@@ -111,7 +117,7 @@ def main(cfg: InspectConfig) -> None:
     summaries = [summarize(c, cfg.context, cfg.dtype) for c in configs]
     memories = [estimate_memory(c, p, devices, s.context, cfg.micro_batch, cfg.loss_chunk_tokens)
                 for c, s in zip(configs, summaries)]
-    print(format_table(names, summaries, memories))
+    return format_table(names, summaries, memories)
 
 
 if __name__ == "__main__":

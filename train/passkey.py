@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
+from common.errors import one_line_errors
 from common.paths import CONFIGS_DIR
 from data.passkey import FILLER, INTRO, NEEDLE, QUESTION, passkey_text
 from train.config import ModelFolderArgs
@@ -73,7 +74,8 @@ def main(cfg) -> None:
     folder = Path(config.model_dir)
     if not (folder / "tokenizer.json").is_file():
         sys.exit(f"error: {folder} has no tokenizer.json; point model_dir= at a stage's model/ folder")
-    scores = passkey_accuracy(load_model(folder), Tokenizer.from_file(str(folder / "tokenizer.json")), config)
+    with one_line_errors():
+        scores = passkey_accuracy(load_model(folder), Tokenizer.from_file(str(folder / "tokenizer.json")), config)
     print(f"passkey accuracy ({folder}, original context {config.context}): "
           + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
 

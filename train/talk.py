@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
+from common.errors import one_line_errors
 from common.paths import CONFIGS_DIR
 from data.chat.template import END_OF_TURN, encode_prompt
 from train.config import ModelFolderArgs
@@ -70,7 +71,8 @@ ConfigStore.instance().store(name="talk_schema", node=TalkConfig)
 @hydra.main(config_path=str(CONFIGS_DIR), config_name="talk", version_base=None)
 def main(cfg) -> None:
     config: TalkConfig = OmegaConf.to_object(cfg)
-    chat = Talk(Path(config.model_dir), config)
+    with one_line_errors():
+        chat = Talk(Path(config.model_dir), config)
     if config.prompt is not None:
         print(f"user: {config.prompt}")
         print(f"assistant: {chat.shown(chat.answer(config.prompt))}")
