@@ -96,8 +96,8 @@ class ParallelDims:
     @property
     def fsdp(self) -> bool:
         """Whether FSDP2 wraps the model (train/parallel/fsdp.py): on every layout of more than one rank. Over one
-        data-parallel rank it shards nothing, but a layout of tp or pp ranks only keeps it for its mixed
-        precision of their DTensor parameters and stages (torchtitan turns mixed precision off there rather
+        data-parallel rank it shards nothing, but layouts of tp or pp ranks alone keep it: its mixed precision
+        covers their DTensor parameters and pipeline stages (torchtitan turns mixed precision off there rather
         than autocast them). One process trains the plain model, in parallel.param_dtype under torch.autocast."""
         return self.world_size > 1
 
