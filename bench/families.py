@@ -10,8 +10,8 @@ by the family's adapter as a Hugging Face folder (the peer: AutoModelForCausalLM
 attention and experts kernels transformers picks by default). Same batches (BATCH x SEQ tokens of the
 prepared corpus), same AdamW (train/optim.py's groups and settings) and gradient clipping, same precision
 (bench/harness.py: fp32; bf16 compute with fp32 master weights, ours through parallel.param_dtype=bf16,
-the peer under autocast). Ours is the real Trainer.train_step (FSDP2 on a one-rank mesh, fused chunked
-cross-entropy, the router-bias update of DeepSeek-V3 and LongCat-Flash).
+the peer under autocast). Ours is the real Trainer.train_step (one process, not sharded: bf16 under
+torch.autocast too; fused chunked cross-entropy, the router-bias update of DeepSeek-V3 and LongCat-Flash).
 
 Before timing, each side trains one step on the first batch and their losses must agree (fp32: within
 1e-3 relative; bf16: 3e-2), so a row never compares different models; the check is printed. Then one

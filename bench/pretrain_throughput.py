@@ -7,9 +7,10 @@ Same model (Llama: hidden 384, 6 layers, 6 heads, 2 KV heads, FFN 1024, vocab 81
 batch (8 x 256 tokens of the prepared default corpus), same optimizer (AdamW, fused, train/optim.py's
 groups and settings) and the same precision on both sides (bench/harness.py):
 - fp32: fp32 weights and compute;
-- bf16: ours keeps fp32 master weights and computes in bf16 (FSDP2 MixedPrecisionPolicy), the peer
-  runs under `torch.autocast(<device>, torch.bfloat16)`, the usual way to train an HF model in bf16.
-Ours is the real Trainer.train_step (FSDP2 on a one-rank mesh, fused chunked cross-entropy). Both run
+- bf16: ours keeps fp32 master weights and computes in bf16 (one process: torch.autocast, as under FSDP2's
+  MixedPrecisionPolicy on more ranks), the peer runs under `torch.autocast(<device>, torch.bfloat16)`, the
+  usual way to train an HF model in bf16.
+Ours is the real Trainer.train_step (one process, not sharded; fused chunked cross-entropy). Both run
 on --device (auto: CUDA when available, as parallel.device=auto picks; fp32 matmuls there use TF32 as
 parallel.tf32 says). MFU uses the inspector's FLOPs per token and the peak of train.metrics: the
 matmul measured on this CPU in the same run, or the GPU's datasheet figure. The peer, ours and ours with

@@ -127,8 +127,9 @@ class DownstreamEval(Callback):
         step, every = trainer.progress.step, self.settings.every
         if not result.taken or not ((every and step % every == 0) or step == self.max_steps):
             return
-        sums = score_share(trainer.model, self.tokenizer, self.questions, trainer.world.rank, trainer.world.size,
-                           self.settings.batch_size, trainer.config.trainer.loss_chunk_tokens)
+        with trainer.precision():
+            sums = score_share(trainer.model, self.tokenizer, self.questions, trainer.world.rank, trainer.world.size,
+                               self.settings.batch_size, trainer.config.trainer.loss_chunk_tokens)
         trainer.model.reset_expert_loads()  # scoring's routing does not count towards balancing
         scores = {f"downstream/{key}": value for key, value in accuracies(all_reduce_sum(sums)).items()}
         self.logger.log({"step": step, **scores})

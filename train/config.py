@@ -98,8 +98,8 @@ class ParallelConfig:
     pp_schedule: str = "1F1B"
     pp_stages_per_rank: int = 0  # virtual stages on each pp rank; 0: 1 for GPipe and 1F1B, else 2
     pp_layers: List[int] = field(default_factory=list)  # layers of each stage, e.g. [3, 5]; []: an even split
-    param_dtype: str = "bf16"  # compute dtype of FSDP2's gathered parameters: bf16 | fp32
-    reduce_dtype: str = "fp32"  # gradient reduction dtype
+    param_dtype: str = "bf16"  # compute dtype (FSDP2 casts the gathered parameters; one process: torch.autocast): bf16 | fp32
+    reduce_dtype: str = "fp32"  # gradient reduction dtype (FSDP2; one process reduces nothing)
     activation_checkpointing: str = "none"  # none | selective (every other block) | full
     compile: bool = False  # torch.compile each block
     # False: keep each block's gathered (compute-dtype) weights from forward to backward (ZeRO-2-like): no

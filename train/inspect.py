@@ -76,7 +76,7 @@ def memory_rows(m: MemoryEstimate) -> list[tuple[str, str]]:
         ("  weights (fp32 shards)", nbytes(m.weight_bytes)),
         ("  gradients (fp32 shards)", nbytes(m.grad_bytes)),
         ("  AdamW moments (2 x fp32)", nbytes(m.optimizer_bytes)),
-        ("  gathered weights (FSDP)", nbytes(m.gathered_bytes)),
+        ("  gathered weights (FSDP; one process: autocast)", nbytes(m.gathered_bytes)),
         ("  activations (estimate)", nbytes(m.activation_bytes)),
         ("memory per device (training)", nbytes(m.total_bytes)),
     ]

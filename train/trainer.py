@@ -30,7 +30,7 @@ from train.nonfinite import NonFiniteGuard
 from train.optim import build_optimizer, build_scheduler, register_router_bias_update
 from train.parallel.context import ShardedSequences
 from train.parallel.dims import ParallelDims
-from train.parallel.fsdp import parallelize, read_local_shards
+from train.parallel.fsdp import forward_precision, parallelize, read_local_shards
 from train.parallel.grad_norm import clip_grad_norm
 from train.parallel.pipeline import Pipeline, check_pipeline
 from train.parallel.world import World, all_reduce_sum, init_world, set_collective_timeout, set_determinism
@@ -52,10 +52,13 @@ class Trainer:
         self.plan = batch_plan(config.trainer.global_batch_size, config.trainer.micro_batch_size, self.dims.dp_size)
         check_pipeline(config.parallel, config.model, config.stage, self.plan.accumulation)
         self.model = self.build_model()
+        # every forward and its loss run in it: torch.autocast on one process, nothing under FSDP (it casts itself)
+        self.precision = forward_precision(config.parallel, self.dims, self.world.device)
         reference = stages.reference(self.stage, config)
         if reference == "precomputed":  # the reference runs once now, and is freed before training
-            self.data = precomputed(self.data, self.build_reference, config, self.world, self.dims.dp_size,
-                                    self.plan.micro_batch, self.say)
+            with self.precision():
+                self.data = precomputed(self.data, self.build_reference, config, self.world, self.dims.dp_size,
+                                        self.plan.micro_batch, self.say)
         live = self.build_reference() if reference == "live" else None
         self.objective = stages.objective(self.stage, config, live)
         # with pipeline stages, the schedule runs the micro-batches through them (train/parallel/pipeline.py)
@@ -143,7 +146,8 @@ class Trainer:
             total, aux_total = self.pipeline.step(micro_batches, scale)
         else:
             for batch in micro_batches:
-                loss, aux, batch_stats = self.objective(self.model, batch)
+                with self.precision():
+                    loss, aux, batch_stats = self.objective(self.model, batch)
                 # the auxiliary loss is a mean per micro-batch: averaged over micro-batches here, over ranks by FSDP
                 (loss * scale + aux / len(micro_batches)).backward()
                 total += loss.detach()
@@ -192,7 +196,8 @@ class Trainer:
             count += sum(batch["count"] for batch, counts in batches if counts)
         else:
             for batch, counts in batches:
-                loss, _, batch_stats = self.objective(self.model, batch)
+                with self.precision():
+                    loss, _, batch_stats = self.objective(self.model, batch)
                 if not counts:
                     continue
                 total += loss

@@ -23,6 +23,7 @@ experts shard them with FSDP. DeepSpeed's expert-parallel groups are the same ra
 MoE utilities can be used beside ours. EP composes with dp and cp, not (yet) with tp or pp.
 
     dims = ParallelDims.build(config.parallel, world, config.model, config.data.seq_len, config.stage)
+    dims.fsdp             whether FSDP2 wraps the model (more than one rank)
     dims.dp_mesh          the FSDP mesh of the dense parameters (1-D dp_shard_cp, or 2-D for HSDP)
     dims.dp_rank          this rank's index among the data-parallel ranks (which samples it reads)
     dims.tp_mesh, dims.cp_mesh, dims.pp_mesh   the tensor-, context- and pipeline-parallel meshes (size 1 when off)
@@ -91,6 +92,14 @@ class ParallelDims:
     def grad_divisor(self) -> int:
         """What FSDP divides the summed gradients by: the ranks of its mesh, dp x cp."""
         return self.dp_size * self.cp
+
+    @property
+    def fsdp(self) -> bool:
+        """Whether FSDP2 wraps the model (train/parallel/fsdp.py): on every layout of more than one rank. Over one
+        data-parallel rank it shards nothing, but layouts of tp or pp ranks alone keep it: its mixed precision
+        covers their DTensor parameters and pipeline stages (torchtitan turns mixed precision off there rather
+        than autocast them). One process trains the plain model, in parallel.param_dtype under torch.autocast."""
+        return self.world_size > 1
 
     @property
     def sample_copies(self) -> int:
@@ -229,7 +238,7 @@ class ParallelDims:
     def describe(self) -> str:
         """The layout in one line, e.g. `4 ranks: dp_shard 2 x tp 2`."""
         sizes = {"pp": self.pp, "dp_replicate": self.dp_replicate, "dp_shard": self.dp_shard, "cp": self.cp, "tp": self.tp}
-        used = [f"{k} {v}" for k, v in sizes.items() if v > 1] or ["one rank"]
+        used = [f"{k} {v}" for k, v in sizes.items() if v > 1] or ["not sharded"]
         return f"{self.world_size} rank(s): {' x '.join(used)}" + (f", ep {self.ep}" if self.ep > 1 else "")
 
     def close(self) -> None:

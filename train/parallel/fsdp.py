@@ -9,9 +9,17 @@ block and the root (so each block's parameters are gathered just before it runs 
 pipeline parallelism, each of the rank's stages is split off first and is its own root. With
 `parallel.ep > 1` the experts are their own FSDP units over the edp mesh (train/parallel/expert.py); the
 dense parameters are sharded over the dp mesh (with tp, tensor-parallel parameters on a 2-D (dp, tp) mesh).
+
+One process (`ParallelDims.fsdp` false) trains the plain model: FSDP2 over one rank would only copy each
+block's parameters into and out of its all-gather, and the gradients through its reduce-scatter, every
+step. Its mixed precision (parallel.param_dtype, fp32 master weights) comes from torch.autocast around each
+forward and its loss instead (`forward_precision`), as torchtitan's `maybe_enable_amp` does.
 """
 
+import contextlib
+import functools
 import warnings
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
@@ -70,6 +78,8 @@ def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) ->
 
         return staged_model(model, config, dims.pp_rank, parallelize_stage)
     shard_blocks(model, config, dims, policy)
+    if not dims.fsdp:
+        return model
     # The loss calls model.hidden_states() and then reads model.output_weight() (train/loss.py fuses
     # the output projection into the cross-entropy), so hidden_states is an FSDP forward too, and the
     # root's parameters (embeddings, final norm, output head) stay gathered until backward.
@@ -82,7 +92,7 @@ def parallelize(model: nn.Module, config: ParallelConfig, dims: ParallelDims) ->
 
 def shard_blocks(model: nn.Module, config: ParallelConfig, dims: ParallelDims, policy: MixedPrecisionPolicy) -> None:
     """Everything but the root's sharding: experts, tensor and context parallelism, checkpointing, compile,
-    and FSDP per block (each block's parameters gathered just before it runs)."""
+    and FSDP per block (each block's parameters gathered just before it runs) where FSDP wraps the model."""
     if dims.ep > 1:
         apply_expert_parallel(model, dims)
     if dims.tp > 1:
@@ -93,11 +103,23 @@ def shard_blocks(model: nn.Module, config: ParallelConfig, dims: ParallelDims, p
     if config.compile:
         for index, block in enumerate(model.layers):
             model.layers[index] = torch.compile(block, fullgraph=compiles_whole(block, config, dims))
+    if not dims.fsdp:
+        return
     if dims.ep > 1:  # before the blocks are sharded: the experts are their own FSDP units over edp
         shard_experts(model, dims, mp_policy=policy)
     mtp_blocks = [module.block for module in model.mtp] if model.mtp is not None else []
     for block in [*model.layers, *mtp_blocks]:
         fully_shard(block, mesh=dims.dp_mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
+
+
+def forward_precision(config: ParallelConfig, dims: ParallelDims, device: torch.device) -> Callable[[], ContextManager]:
+    """A new context for each forward and its loss (not the backward, as torch.autocast's docs advise). FSDP2
+    computes in parallel.param_dtype itself (it casts the parameters it gathers): nothing then; the plain
+    model of one process runs under torch.autocast to param_dtype on its device's type."""
+    dtype = DTYPES[config.param_dtype]
+    if dims.fsdp or dtype == torch.float32:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device.type, dtype)
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ expert parallelism by the whole world (ep x edp). Per device:
 - AdamW moments: two fp32 tensors per parameter shard;
 - gathered weights: FSDP's working set in the compute dtype (parallel.param_dtype): the root's parameters
   (embedding, head), which stay gathered, plus two blocks (the running one and the prefetched next), or
-  every block with parallel.reshard_after_forward=false; none without FSDP sharding;
+  every block with parallel.reshard_after_forward=false; none without FSDP sharding; on one process (no
+  FSDP) torch.autocast's compute-dtype copy of every weight, kept for backward (none in fp32);
 - activations (an estimate, +-30%): what backward keeps per token and layer, in the compute dtype: the
   input and output of every linear layer (for routed experts, of each of the token's routed experts)
   and the fp32 input of every norm, split by tp (sequence parallelism) except in MoE layers, which are
@@ -125,6 +126,8 @@ def device_memory(net: Transformer, parallel: ParallelConfig, dims: ParallelDims
                 gathered_root += local
     kept_blocks = len(gathered_blocks) if not parallel.reshard_after_forward else min(2, len(gathered_blocks))
     gathered = 0.0 if fsdp == 1 else (gathered_root + sum(sorted(gathered_blocks.values())[-kept_blocks:])) * compute
+    if not dims.fsdp:  # one process: torch.autocast's copies (train/parallel/fsdp.py)
+        gathered = 0.0 if compute == 4 else (gathered_root + sum(gathered_blocks.values())) * compute
 
     tokens = micro_batch * context // dims.cp
     blocks = [net.layers[i] for i in sorted(layer_ids)]

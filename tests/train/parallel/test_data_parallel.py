@@ -46,6 +46,20 @@ def test_checkpoint_of_two_ranks_resumes_on_other_world_sizes(prepared_data, tmp
     assert {s: after[s] for s in first} == first and max(after) == 12
 
 
+def test_one_process_and_two_ranks_resume_each_others_checkpoints(prepared_data, tmp_path):
+    """One process trains the plain model, two ranks through FSDP2 (train/parallel/fsdp.py): each resumes the
+    other's checkpoint (whole tensors <-> DTensor shards, the AdamW moments too) with an unbroken run's losses."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    constant = "optim.schedule=constant"  # the same learning rates whatever trainer.max_steps each part has
+    run_training(whole, prepared_data, "trainer.max_steps=6", constant)
+    for steps, nproc in ((2, 1), (4, 2), (6, 1)):
+        run_training(resumed, prepared_data, f"trainer.max_steps={steps}", constant, nproc=nproc)
+    expected, got = losses(whole), losses(resumed)
+    assert sorted(got) == list(range(1, 7))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), step
+
+
 def test_cut_off_checkpoint_is_ignored(prepared_data, tmp_path):
     run_dir = tmp_path / "run"
     run_training(run_dir, prepared_data, "trainer.max_steps=10", "checkpoint.every=5", "checkpoint.keep=3")

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from train.model.mixer.linear_scan import chunk_masks, chunks
+from train.model.precision import computes_in_fp32
 
 
+@computes_in_fp32
 def recurrent_delta_rule(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT, beta_BHT, reset_BT=None, state_BHKV=None):
     B, H, T, K = q_BHTK.shape
     q_BHTK, k_BHTK, v_BHTV, beta_BHT = q_BHTK.float(), k_BHTK.float(), v_BHTV.float(), beta_BHT.float()
@@ -38,6 +40,7 @@ def recurrent_delta_rule(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT, beta_BHT, reset_
     return torch.stack(ys, dim=2), S_BHKV
 
 
+@computes_in_fp32
 def chunked_delta_rule(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT, beta_BHT, reset_BT=None, state_BHKV=None, chunk: int = 64):
     B, H, T, K = q_BHTK.shape
     V = v_BHTV.shape[-1]

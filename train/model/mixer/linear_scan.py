@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from train.model.documents import Documents, is_split
+from train.model.precision import computes_in_fp32
 
 
+@computes_in_fp32
 def recurrent_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset_BT=None, state_BHKV=None):
     B, H, T, K = q_BHTK.shape
     q_BHTK, k_BHTK, v_BHTV = q_BHTK.float(), k_BHTK.float(), v_BHTV.float()
@@ -82,6 +84,7 @@ def chunks(*tensors_BHN):
     return zip(*(x.unbind(2) for x in tensors_BHN))
 
 
+@computes_in_fp32
 def chunked_linear_attention(q_BHTK, k_BHTK, v_BHTV, log_decay_BHT=None, reset_BT=None, state_BHKV=None, chunk: int = 64):
     B, H, T, K = q_BHTK.shape
     V = v_BHTV.shape[-1]

@@ -86,6 +86,8 @@ class RoutedExperts(nn.Module):
 
     def forward(self, x_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         """x_ND: N routed rows sorted by expert, counts_E[e] of them for expert e."""
+        if torch.is_autocast_enabled(x_ND.device.type):  # torch._grouped_mm is no autocast op (torch 2.13): cast here
+            x_ND = x_ND.to(torch.get_autocast_dtype(x_ND.device.type))
         if x_ND.device.type == "cpu" and x_ND.dtype == torch.bfloat16 and not torch.compiler.is_compiling():
             counts_E, rows_N = padded_groups(counts_E, CPU_BF16_ROWS)
             x_PD = x_ND.new_zeros(int(counts_E.sum()), x_ND.shape[1]).index_copy(0, rows_N, x_ND)
@@ -94,11 +96,14 @@ class RoutedExperts(nn.Module):
 
     def glu(self, x_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         N = x_ND.shape[0]
-        gate_NF = grouped_linear(x_ND, self.w1_EFD, counts_E, self.grouped_mm) + self._bias(self.b1_EF, counts_E, N)
-        up_NF = grouped_linear(x_ND, self.w3_EFD, counts_E, self.grouped_mm) + self._bias(self.b3_EF, counts_E, N)
+        # the weights in x's dtype: a no-op but under torch.autocast, whose cast of x (forward) they follow
+        w1_EFD, w3_EFD, w2_EDF, b1_EF, b3_EF, b2_ED = (None if p is None else p.to(x_ND.dtype) for p in (
+            self.w1_EFD, self.w3_EFD, self.w2_EDF, self.b1_EF, self.b3_EF, self.b2_ED))
+        gate_NF = grouped_linear(x_ND, w1_EFD, counts_E, self.grouped_mm) + self._bias(b1_EF, counts_E, N)
+        up_NF = grouped_linear(x_ND, w3_EFD, counts_E, self.grouped_mm) + self._bias(b3_EF, counts_E, N)
         if self.swiglu_limit is None:
             h_NF = self.activation(gate_NF) * up_NF
         else:
             gate_NF = gate_NF.clamp(max=self.swiglu_limit)
             h_NF = (up_NF.clamp(-self.swiglu_limit, self.swiglu_limit) + 1) * gate_NF * torch.sigmoid(self.swiglu_alpha * gate_NF)
-        return grouped_linear(h_NF, self.w2_EDF, counts_E, self.grouped_mm) + self._bias(self.b2_ED, counts_E, N)
+        return grouped_linear(h_NF, w2_EDF, counts_E, self.grouped_mm) + self._bias(b2_ED, counts_E, N)

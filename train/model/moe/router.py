@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.config import RouterConfig
+from train.model.precision import fp32_matmuls
 
 KINDS = ("softmax", "sigmoid", "topk_softmax")
 AUX_LOSS_KINDS = ("global_batch", "sequence")
@@ -59,7 +60,8 @@ class Router(nn.Module):
         and the choices per expert [num_choices] of this forward. T = B * T' flattened."""
         c, B = self.config, x_BTD.shape[0]
         x_TD = x_BTD.reshape(-1, x_BTD.shape[-1])
-        logits_TE = F.linear(x_TD.float(), self.gate.weight.float(), None if self.gate.bias is None else self.gate.bias.float())
+        with fp32_matmuls(x_TD):
+            logits_TE = F.linear(x_TD.float(), self.gate.weight.float(), None if self.gate.bias is None else self.gate.bias.float())
         if c.kind == "topk_softmax":
             top_logits_TK, experts_TK = logits_TE.topk(c.top_k, dim=-1)
             weights_TK = top_logits_TK.softmax(dim=-1)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.model.precision import fp32_matmuls
+
 
 def unweighted_rms_norm(H_BTnD: torch.Tensor, eps: float) -> torch.Tensor:
     """rms_norm of each token's flattened streams [B, T, n D], in fp32."""
@@ -57,7 +59,8 @@ class ManifoldHyperConnection(nn.Module):
 
     def forward(self, H_BTnD: torch.Tensor, sublayer) -> torch.Tensor:
         n = self.streams
-        mixes = F.linear(unweighted_rms_norm(H_BTnD, self.norm_eps), self.fn.float())
+        with fp32_matmuls(H_BTnD):
+            mixes = F.linear(unweighted_rms_norm(H_BTnD, self.norm_eps), self.fn.float())
         pre_w, post_w, comb_w = mixes.split([n, n, n * n], dim=-1)
         pre_b, post_b, comb_b = self.base.float().split([n, n, n * n])
         pre_s, post_s, comb_s = self.scale.float().unbind(0)
@@ -88,6 +91,7 @@ class ManifoldHyperHead(nn.Module):
         self.hc_scale.fill_(1.0)
 
     def forward(self, H_BTnD: torch.Tensor) -> torch.Tensor:
-        mixes = F.linear(unweighted_rms_norm(H_BTnD, self.norm_eps), self.hc_fn.float())
+        with fp32_matmuls(H_BTnD):
+            mixes = F.linear(unweighted_rms_norm(H_BTnD, self.norm_eps), self.hc_fn.float())
         pre_BTn = torch.sigmoid(mixes * self.hc_scale.float() + self.hc_base.float()) + self.eps
         return (pre_BTn[..., None] * H_BTnD).sum(dim=-2).to(H_BTnD.dtype)
