@@ -35,6 +35,7 @@ from train.model.attention import softcap
 
 LOSS_TYPES = ("sigmoid", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")  # no reference model is built or run for these
+ROWS_MULTIPLE = 64  # summed_logps runs the output projection on a multiple of this many positions
 
 
 @dataclass
@@ -133,8 +134,15 @@ def summed_logps(
 ) -> torch.Tensor:
     """[sequences] fp32: the log-probs of N labelled positions' targets, summed by their sequence (`sequences_N`,
     in 0..sequences-1; a packed batch holds several in a row). In chunks whose logits [chunk, V] are recomputed
-    in backward rather than stored, so memory holds one chunk's logits at a time."""
-    logps_S = torch.zeros(sequences, dtype=torch.float32, device=hidden_ND.device)
+    in backward rather than stored, so memory holds one chunk's logits at a time. N is padded to a multiple of
+    ROWS_MULTIPLE with zero rows summed into a slot of their own, dropped: N changes every batch and CPU
+    kernels cache per shape (docs/notes.md, "Padding DPO batches")."""
+    padding = -len(targets_N) % ROWS_MULTIPLE
+    if padding:
+        hidden_ND = torch.cat([hidden_ND, hidden_ND.new_zeros(padding, hidden_ND.shape[1])])
+        targets_N = torch.cat([targets_N, targets_N.new_zeros(padding)])
+        sequences_N = torch.cat([sequences_N, sequences_N.new_full((padding,), sequences)])
+    logps_S = torch.zeros(sequences + 1, dtype=torch.float32, device=hidden_ND.device)
     needs_grad = torch.is_grad_enabled() and (hidden_ND.requires_grad or (weight_VD is not None and weight_VD.requires_grad))
     for start in range(0, len(targets_N), chunk_tokens):
         piece = slice(start, start + chunk_tokens)
@@ -144,4 +152,4 @@ def summed_logps(
         else:
             logps_n = _target_logps(hidden_ND[piece], weight_VD, targets_N[piece], final_softcap)
         logps_S = logps_S.index_add(0, sequences_N[piece], logps_n)
-    return logps_S
+    return logps_S[:sequences]
