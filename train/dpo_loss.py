@@ -30,12 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from train.loss import IGNORE
+from train.loss import IGNORE, pad_rows
 from train.model.attention import softcap
 
 LOSS_TYPES = ("sigmoid", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")  # no reference model is built or run for these
-ROWS_MULTIPLE = 64  # summed_logps runs the output projection on a multiple of this many positions
 
 
 @dataclass
@@ -135,13 +134,8 @@ def summed_logps(
     """[sequences] fp32: the log-probs of N labelled positions' targets, summed by their sequence (`sequences_N`,
     in 0..sequences-1; a packed batch holds several in a row). In chunks whose logits [chunk, V] are recomputed
     in backward rather than stored, so memory holds one chunk's logits at a time. N is padded to a multiple of
-    ROWS_MULTIPLE with zero rows summed into a slot of their own, dropped: N changes every batch and CPU
-    kernels cache per shape (docs/notes.md, "Padding DPO batches")."""
-    padding = -len(targets_N) % ROWS_MULTIPLE
-    if padding:
-        hidden_ND = torch.cat([hidden_ND, hidden_ND.new_zeros(padding, hidden_ND.shape[1])])
-        targets_N = torch.cat([targets_N, targets_N.new_zeros(padding)])
-        sequences_N = torch.cat([sequences_N, sequences_N.new_full((padding,), sequences)])
+    ROWS_MULTIPLE (train/loss.py) with zero rows summed into a slot of their own, dropped."""
+    hidden_ND, targets_N, sequences_N = pad_rows(hidden_ND, 0), pad_rows(targets_N, 0), pad_rows(sequences_N, sequences)
     logps_S = torch.zeros(sequences + 1, dtype=torch.float32, device=hidden_ND.device)
     needs_grad = torch.is_grad_enabled() and (hidden_ND.requires_grad or (weight_VD is not None and weight_VD.requires_grad))
     for start in range(0, len(targets_N), chunk_tokens):

@@ -13,7 +13,7 @@ import torch
 
 from train.config import DPOConfig
 from train.dpo_loss import REFERENCE_FREE, dpo_loss, sequence_logps, summed_logps
-from train.loss import IGNORE, cross_entropy_sum
+from train.loss import IGNORE, cross_entropy_sum, pad_rows
 from train.mtp_loss import mtp_loss
 
 
@@ -38,7 +38,7 @@ class NextToken:
         pipeline stage's loss, train/parallel/pipeline.py)."""
         hidden_ND, targets_N = hidden_BTD.flatten(0, 1), targets_BT.reshape(-1)
         if target_positions is not None:  # SFT: only the positions with a target reach the output projection
-            hidden_ND, targets_N = hidden_ND[target_positions], targets_N[target_positions]
+            hidden_ND, targets_N = pad_rows(hidden_ND[target_positions], 0), pad_rows(targets_N[target_positions], IGNORE)
         return cross_entropy_sum(hidden_ND, model.output_weight(), targets_N, self.chunk_tokens, model.config.final_softcap)
 
 
