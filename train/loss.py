@@ -29,7 +29,7 @@ from data.chat.template import IGNORE  # the label of a token that contributes n
 from train.model.attention import softcap
 
 # The output projection runs on a multiple of this many positions where only some reach it (SFT's and DPO's
-# targets): their count changes every batch, and CPU kernels cache per shape (docs/notes.md, "Padding DPO batches")
+# targets): their count changes every batch, and CPU kernels cache per shape (docs/notes.md, "Packing DPO batches")
 ROWS_MULTIPLE = 64
 
 

@@ -111,7 +111,7 @@ class PackedPreferenceBatch:
     inputs_RW: torch.Tensor  # int64: each sequence's ids[:-1], back to back in R rows of W positions, PAD after
     targets_RW: torch.Tensor  # int64: its labels[1:] (IGNORE on prompts and padding), aligned with the inputs
     doc_ids_RW: torch.Tensor  # int64: each position's sequence inside its row from 0; padding gets the next id
-    sequences_RW: torch.Tensor  # int64: each position's sequence in the batch (chosen 0..B-1, then rejected B..2B-1); -1 on padding
+    sequences_RW: torch.Tensor  # int64: each position's sequence in the batch (chosen 0..B-1, rejected B..2B-1); -1: padding
 
 
 def pack_pairs(pairs: Sequence[EncodedPair], pad_id: int, seq_len: int, multiple_of: int = 1) -> PackedPreferenceBatch:
