@@ -13,7 +13,7 @@ both sides, AdamW. The rows:
 
     SFT packed     ours: best-fit-decreasing windows, document masking; TRL: packing=True (its BFD, padding-free)
     SFT padded     one conversation per row; ours: to the batch's longest row rounded up to
-                   data.pad_to_multiple_of (64); TRL: to the batch's longest row
+                   data.pad_to_multiple_of (16); TRL: to the batch's longest row
     DPO live ref   the frozen reference model runs on every batch (TRL: ref_model passed explicitly); ours
                    packs each batch's 16 sequences into rows of 256 (data.pack, the default), TRL pads them
                    to the batch's longest (its padding_free is unavailable in 1.16: it falls back to padding)

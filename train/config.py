@@ -40,7 +40,7 @@ class DataConfig:
     chat_workers: int = -1  # processes tokenizing a large SFT/DPO set; -1: one per core (at most 16)
     # SFT and DPO: a batch is as long as its longest row, rounded up to a multiple of this (at most seq_len):
     # few distinct shapes keep memory flat (kernels cache per shape; docs/notes.md, "Padding DPO batches")
-    pad_to_multiple_of: int = 64
+    pad_to_multiple_of: int = 16
 
 
 @dataclass
