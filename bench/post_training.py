@@ -13,10 +13,12 @@ both sides, AdamW. The rows:
 
     SFT packed     ours: best-fit-decreasing windows, document masking; TRL: packing=True (its BFD, padding-free)
     SFT padded     one conversation per row; ours: to the batch's longest row rounded up to
-                   data.pad_to_multiple_of (64); TRL: to the batch's longest row
-    DPO live ref   the frozen reference model runs on every batch (TRL: ref_model passed explicitly)
-    DPO precomp.   ours: dpo.precompute_reference=true; TRL: precompute_ref_log_probs=True (the time to
-                   precompute is printed apart, not in the rates)
+                   data.pad_to_multiple_of (16); TRL: to the batch's longest row
+    DPO live ref   the frozen reference model runs on every batch (TRL: ref_model passed explicitly); ours
+                   packs each batch's 16 sequences into rows of 256 (data.pack, the default), TRL pads them
+                   to the batch's longest (its padding_free is unavailable in 1.16: it falls back to padding)
+    DPO precomp.   the same with ours: dpo.precompute_reference=true; TRL: precompute_ref_log_probs=True (the
+                   time to precompute is printed apart, not in the rates)
 
 Rates are counted from the batches each side trains on: non-padding tokens (each DPO prompt counts
 twice, once per response, on both sides) and examples (conversations, or pairs) over the --steps timed
@@ -106,7 +108,7 @@ def project_config(row: str, init: Path, data_file: Path, rows: int, steps: int,
     config.stage = "dpo" if row.startswith("DPO") else "sft"
     config.init.weights = str(init)
     config.data.chat = ChatSource(kind="local", paths=[str(data_file)], max_rows=rows)
-    config.data.pack, config.data.document_masking = row == "SFT packed", True
+    config.data.pack, config.data.document_masking = row != "SFT padded", True
     config.dpo.precompute_reference = row == "DPO precomputed ref"
     config.trainer.max_steps, config.trainer.val_every = steps, 0
     return config

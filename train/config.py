@@ -29,7 +29,9 @@ class DataConfig:
     val_split: str = "val"  # the prepared split validation reads
     # SFT and DPO read conversations / preference pairs instead of shards (the tokenizer is the model's):
     chat: ChatSource = field(default_factory=ChatSource)
-    pack: bool = True  # SFT: pack conversations into windows (with document masking), else one per window
+    # SFT and DPO: pack sequences into windows of seq_len with document masking (SFT: the conversations,
+    # when tokenized; DPO: each batch's chosen and rejected sequences, the pairs unchanged), else one per row
+    pack: bool = True
     chat_val_fraction: float = 0.05  # conversations / pairs held out, spread evenly
     # How conversations are rendered: auto (the tokenizer's own chat template; ours for a tokenizer of
     # `python -m data`) | own | chatml | a .jinja file; special tokens it writes that the tokenizer lacks are added
@@ -38,7 +40,7 @@ class DataConfig:
     chat_workers: int = -1  # processes tokenizing a large SFT/DPO set; -1: one per core (at most 16)
     # SFT and DPO: a batch is as long as its longest row, rounded up to a multiple of this (at most seq_len):
     # few distinct shapes keep memory flat (kernels cache per shape; docs/notes.md, "Padding DPO batches")
-    pad_to_multiple_of: int = 64
+    pad_to_multiple_of: int = 16
 
 
 @dataclass

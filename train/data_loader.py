@@ -28,7 +28,7 @@ import torch
 import torchdata.nodes as nodes
 from torch.utils.data import Dataset
 
-from data.chat.preferences import collate_pairs
+from data.chat.preferences import collate_pairs, pack_pairs
 from data.chat.template import IGNORE
 from data.reader import EpochOrder, TokenWindows
 
@@ -81,10 +81,20 @@ def collate_windows(samples: List) -> Dict[str, object]:
             "index": list(indices), "count": int(np.count_nonzero(labels_np[:, 1:] != IGNORE))}
 
 
-def collate_preferences(pad_id: int, multiple_of: int, max_length: int) -> Callable[[List], Dict[str, torch.Tensor]]:
-    """Pairs -> one [2B, L] batch: the B chosen sequences, then the B rejected ones."""
+def collate_preferences(pad_id: int, multiple_of: int, max_length: int, packed: bool) -> Callable[[List], Dict[str, object]]:
+    """Pairs -> one batch of their 2B sequences, the B chosen then the B rejected: padded, [2B, L] rows of one
+    sequence each; or packed, [R, W] rows of several (data/chat/preferences.py's pack_pairs), with their
+    "doc_ids" and, found on the host, "target_positions" (the flat indices of the targets that are not IGNORE)
+    and "target_sequences" (each one's sequence, 0..2B-1), along which the log-probs are summed."""
     def collate(samples: List) -> Dict[str, object]:
         pairs, indices = zip(*samples)
+        if packed:
+            batch = pack_pairs(pairs, pad_id, max_length, multiple_of)
+            target_positions = np.flatnonzero(batch.targets_RW.numpy().reshape(-1) != IGNORE)
+            return {"inputs": batch.inputs_RW, "targets": batch.targets_RW, "doc_ids": batch.doc_ids_RW,
+                    "target_positions": torch.from_numpy(target_positions),
+                    "target_sequences": batch.sequences_RW.reshape(-1)[target_positions],
+                    "index": list(indices), "count": len(pairs)}
         batch = collate_pairs(pairs, pad_id, multiple_of, max_length)
         ids = torch.cat([batch.chosen_ids_BL, batch.rejected_ids_BL])
         labels = torch.cat([batch.chosen_labels_BL, batch.rejected_labels_BL])

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from train.loss import IGNORE
+from train.loss import IGNORE, pad_rows
 from train.model.attention import softcap
 
 LOSS_TYPES = ("sigmoid", "ipo", "simpo", "orpo")
@@ -119,15 +119,25 @@ def sequence_logps(
 
     Pass the final hidden states and the output projection's weight [V, D], or logits [B, T, V] with
     weight_VD=None. Targets are aligned with positions (labels[:, 1:] for inputs ids[:, :-1]). Only the
-    labelled positions are computed (the prompt costs nothing), in chunks whose logits [chunk, V] are
-    recomputed in backward rather than stored, so memory holds one chunk's logits at a time.
+    labelled positions are computed (the prompt costs nothing): `summed_logps` with each row one sequence.
     """
     valid_N = (targets_BT != IGNORE).flatten()
     rows_N = torch.arange(targets_BT.shape[0], device=targets_BT.device).repeat_interleave(targets_BT.shape[1])[valid_N]
-    hidden_ND = hidden_BTD.flatten(0, 1)[valid_N]
-    targets_N = targets_BT.flatten()[valid_N]
-    logps_B = torch.zeros(targets_BT.shape[0], dtype=torch.float32, device=hidden_BTD.device)
-    needs_grad = torch.is_grad_enabled() and (hidden_BTD.requires_grad or (weight_VD is not None and weight_VD.requires_grad))
+    return summed_logps(hidden_BTD.flatten(0, 1)[valid_N], weight_VD, targets_BT.flatten()[valid_N], rows_N,
+                        targets_BT.shape[0], chunk_tokens, final_softcap)
+
+
+def summed_logps(
+    hidden_ND: torch.Tensor, weight_VD: Optional[torch.Tensor], targets_N: torch.Tensor, sequences_N: torch.Tensor,
+    sequences: int, chunk_tokens: int = 1024, final_softcap: Optional[float] = None,
+) -> torch.Tensor:
+    """[sequences] fp32: the log-probs of N labelled positions' targets, summed by their sequence (`sequences_N`,
+    in 0..sequences-1; a packed batch holds several in a row). In chunks whose logits [chunk, V] are recomputed
+    in backward rather than stored, so memory holds one chunk's logits at a time. N is padded to a multiple of
+    ROWS_MULTIPLE (train/loss.py) with zero rows summed into a slot of their own, dropped."""
+    hidden_ND, targets_N, sequences_N = pad_rows(hidden_ND, 0), pad_rows(targets_N, 0), pad_rows(sequences_N, sequences)
+    logps_S = torch.zeros(sequences + 1, dtype=torch.float32, device=hidden_ND.device)
+    needs_grad = torch.is_grad_enabled() and (hidden_ND.requires_grad or (weight_VD is not None and weight_VD.requires_grad))
     for start in range(0, len(targets_N), chunk_tokens):
         piece = slice(start, start + chunk_tokens)
         if needs_grad:
@@ -135,5 +145,5 @@ def sequence_logps(
                                  use_reentrant=False)
         else:
             logps_n = _target_logps(hidden_ND[piece], weight_VD, targets_N[piece], final_softcap)
-        logps_B = logps_B.index_add(0, rows_N[piece], logps_n)
-    return logps_B
+        logps_S = logps_S.index_add(0, sequences_N[piece], logps_n)
+    return logps_S[:sequences]

@@ -28,6 +28,16 @@ from torch.distributed.tensor._utils import compute_local_shape_and_global_offse
 from data.chat.template import IGNORE  # the label of a token that contributes no loss (padding, prompts)
 from train.model.attention import softcap
 
+# The output projection runs on a multiple of this many positions where only some reach it (SFT's and DPO's
+# targets): their count changes every batch, and CPU kernels cache per shape (docs/notes.md, "Packing DPO batches")
+ROWS_MULTIPLE = 64
+
+
+def pad_rows(x_N: torch.Tensor, fill, multiple: int = ROWS_MULTIPLE) -> torch.Tensor:
+    """x_N with rows of `fill` appended up to a multiple of `multiple` rows."""
+    padding = -len(x_N) % multiple
+    return torch.cat([x_N, x_N.new_full((padding, *x_N.shape[1:]), fill)]) if padding else x_N
+
 
 @dataclass
 class VocabShard:

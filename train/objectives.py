@@ -12,8 +12,8 @@ from typing import Dict, Optional
 import torch
 
 from train.config import DPOConfig
-from train.dpo_loss import REFERENCE_FREE, dpo_loss, sequence_logps
-from train.loss import IGNORE, cross_entropy_sum
+from train.dpo_loss import REFERENCE_FREE, dpo_loss, sequence_logps, summed_logps
+from train.loss import IGNORE, cross_entropy_sum, pad_rows
 from train.mtp_loss import mtp_loss
 
 
@@ -38,20 +38,35 @@ class NextToken:
         pipeline stage's loss, train/parallel/pipeline.py)."""
         hidden_ND, targets_N = hidden_BTD.flatten(0, 1), targets_BT.reshape(-1)
         if target_positions is not None:  # SFT: only the positions with a target reach the output projection
-            hidden_ND, targets_N = hidden_ND[target_positions], targets_N[target_positions]
+            hidden_ND, targets_N = pad_rows(hidden_ND[target_positions], 0), pad_rows(targets_N[target_positions], IGNORE)
         return cross_entropy_sum(hidden_ND, model.output_weight(), targets_N, self.chunk_tokens, model.config.final_softcap)
 
 
 def response_logps(model, batch, chunk_tokens: int) -> torch.Tensor:
-    """[2B] fp32: each sequence's summed log-prob of its response tokens (the targets that are not IGNORE)."""
-    hidden_BTD = model.hidden_states(batch["inputs"])
-    return sequence_logps(hidden_BTD, model.output_weight(), batch["targets"], chunk_tokens, model.config.final_softcap)
+    """[2B] fp32: each sequence's summed log-prob of its response tokens (the targets that are not IGNORE).
+    A packed batch (train/data_loader.py: collate_preferences) names its labelled positions and their sequences."""
+    hidden_BTD = model.hidden_states(batch["inputs"], batch.get("doc_ids"))
+    if "target_sequences" not in batch:
+        return sequence_logps(hidden_BTD, model.output_weight(), batch["targets"], chunk_tokens, model.config.final_softcap)
+    positions_N = batch["target_positions"]
+    return summed_logps(hidden_BTD.flatten(0, 1)[positions_N], model.output_weight(), batch["targets"].flatten()[positions_N],
+                        batch["target_sequences"], 2 * batch["count"], chunk_tokens, model.config.final_softcap)
+
+
+def response_tokens(batch) -> torch.Tensor:
+    """[2B]: each sequence's number of response tokens."""
+    if "target_sequences" not in batch:
+        return (batch["targets"] != IGNORE).sum(dim=1)
+    sequences_N = batch["target_sequences"]
+    return torch.zeros(2 * batch["count"], dtype=torch.long, device=sequences_N.device).index_add(
+        0, sequences_N, torch.ones_like(sequences_N))
 
 
 class DirectPreference:
-    """DPO and its reference-free relatives (SimPO, ORPO): chosen and rejected run as one [2B, L] batch. The
-    reference's log-probs come from the frozen reference model, run here on the same batch, or with the
-    batch itself ("reference_2B", computed before training: train/reference.py)."""
+    """DPO and its reference-free relatives (SimPO, ORPO): chosen and rejected run as one batch (padded [2B, L],
+    or packed into rows of seq_len), their log-probs a [2B] vector. The reference's log-probs come from the
+    frozen reference model, run here on the same batch, or with the batch itself ("reference_2B", computed
+    before training: train/reference.py)."""
 
     def __init__(self, config: DPOConfig, reference: Optional[torch.nn.Module], chunk_tokens: int):
         self.config, self.reference, self.chunk_tokens = config, reference, chunk_tokens
@@ -67,7 +82,7 @@ class DirectPreference:
     def __call__(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         policy_2B = response_logps(model, batch, self.chunk_tokens)
         reference_2B = self.reference_logps(batch)
-        tokens_2B = (batch["targets"] != IGNORE).sum(dim=1)
+        tokens_2B = response_tokens(batch)
         B = policy_2B.shape[0] // 2
         ref_chosen_B, ref_rejected_B = (None, None) if reference_2B is None else (reference_2B[:B], reference_2B[B:])
         out = dpo_loss(policy_2B[:B], policy_2B[B:], ref_chosen_B, ref_rejected_B, self.config.beta,

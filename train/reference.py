@@ -12,8 +12,10 @@ what they depend on: the model config, the compute precision, the initial weight
 files' bytes) and the token ids of every pair. A restart reads them instead of computing them again; a
 file with another fingerprint (other initial weights, data or precision) is computed anew.
 
-They are the live reference's values: the same model, sharded the same way, on the same collated rows
-(the pairs are grouped by length here, which changes only the padding, never a response token's context).
+They are the live reference's values: the same model, sharded the same way, on batches of the same layout
+(`data.pack`; the pairs are grouped by length here, which changes only the padding and which sequences
+share a row, never a response token's context). They are equal in either layout up to float rounding, so
+the fingerprint leaves the layout out: a run resumed with the other `data.pack` reads them again.
 tests/train/test_post_training.py trains DPO both ways on 2 ranks, the precomputed run killed and
 restarted, and finds the same losses.
 """
@@ -72,7 +74,7 @@ def compute(reference: torch.nn.Module, pairs: Sequence, collate: Callable, micr
     logps_N2 = torch.zeros(len(pairs), 2, device=world.device)
     for start in range(0, per_rank, batch_pairs):
         chunk = mine[start : start + batch_pairs] or mine[-batch_pairs:] or longest_first[:1]
-        batch = to_device(collate([(pairs[i], i) for i in chunk]), world.device, document_masking=False)
+        batch = to_device(collate([(pairs[i], i) for i in chunk]), world.device, document_masking=True)
         logps_2B = response_logps(reference, batch, chunk_tokens)
         if start < len(mine):  # a repeated batch is not written
             logps_N2[chunk] = torch.stack(logps_2B.chunk(2), dim=1)

@@ -68,6 +68,9 @@ def stage_of(config: TrainConfig) -> Stage:
         raise ValueError(f"stage={stage.name} starts from a model: set init.weights=<a model folder>")
     if stage.reads == "pairs" and config.dpo.loss_type not in LOSS_TYPES:
         raise ValueError(f"dpo.loss_type={config.dpo.loss_type!r} is unknown; use one of {', '.join(LOSS_TYPES)}")
+    if stage.reads == "pairs" and config.data.pack and not config.data.document_masking:
+        raise ValueError("stage=dpo with data.pack=true and data.document_masking=false: a packed sequence would see "
+                         "the others in its row and change its log-prob; set data.document_masking=true or data.pack=false")
     if config.init.weights:
         # model.yaml, or a Hugging Face config.json through its adapter: nothing is built or read
         config.model = apply_overrides(model_config(config.init.weights), dict(config.init.overrides))
@@ -150,7 +153,7 @@ def stage_data(stage: Stage, config: TrainConfig, rank: int = 0, ranks: int = 1)
         pairs = load_pairs(data.chat, chat, data.seq_len, data.chat_val_fraction, **cached)
         report = f"{len(pairs.train):,} preference pairs (+{len(pairs.val)} held out), {cache_report(pairs.cache, pairs.reused)}"
         train, val, skipped = pairs.train, pairs.val, pairs.skipped
-        collate = collate_preferences(chat.pad_id, data.pad_to_multiple_of, data.seq_len)
+        collate = collate_preferences(chat.pad_id, data.pad_to_multiple_of, data.seq_len, data.pack)
     if chat.added:
         report += f"; added {', '.join(chat.added)} to the tokenizer (vocabulary {config.model.vocab_size:,})"
     if skipped.counts:  # the counts by reason; "(kept)" ones (e.g. truncated) were used, not dropped

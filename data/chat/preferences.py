@@ -1,5 +1,6 @@
 """Preference pairs for DPO: rows -> pairs (data/chat/formats.py: explicit or implicit prompt, HH-RLHF) ->
-tokens (data/chat/chat_format.py), cached (data/chat/cache.py), collated into batches.
+tokens (data/chat/chat_format.py), cached (data/chat/cache.py), collated into batches: padded (`collate_pairs`,
+one sequence per row) or packed (`pack_pairs`, the batch's sequences in rows of seq_len, no padding between them).
 
 Skipped and counted: identical chosen and rejected, an empty response, no common prompt, a pair the chat
 format refuses, a prompt that leaves no room for a response within `max_length` tokens (plus the row-level
@@ -19,6 +20,7 @@ from data.chat.cache import cache_folder, load_or_build, source_stamp
 from data.chat.chat_format import ChatFormat, as_chat_format
 from data.chat.formats import PreferencePair, formats_of, parse_row
 from data.chat.rows import ChatSource, Skipped, read_valid
+from data.chat.sft import best_fit_decreasing
 from data.chat.template import IGNORE
 from data.chat.workers import encode_many
 from data.errors import DataError
@@ -102,6 +104,38 @@ def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int, multiple_of: int = 
         padded([p.chosen_ids for p in pairs], pad_id), padded([p.chosen_labels for p in pairs], IGNORE),
         padded([p.rejected_ids for p in pairs], pad_id), padded([p.rejected_labels for p in pairs], IGNORE),
     )
+
+
+@dataclass
+class PackedPreferenceBatch:
+    inputs_RW: torch.Tensor  # int64: each sequence's ids[:-1], back to back in R rows of W positions, PAD after
+    targets_RW: torch.Tensor  # int64: its labels[1:] (IGNORE on prompts and padding), aligned with the inputs
+    doc_ids_RW: torch.Tensor  # int64: each position's sequence inside its row from 0; padding gets the next id
+    sequences_RW: torch.Tensor  # int64: each position's sequence in the batch (chosen 0..B-1, rejected B..2B-1); -1: padding
+
+
+def pack_pairs(pairs: Sequence[EncodedPair], pad_id: int, seq_len: int, multiple_of: int = 1) -> PackedPreferenceBatch:
+    """The batch's 2B sequences (the B chosen, then the B rejected), each shifted to its inputs and targets,
+    placed into rows of seq_len positions by best-fit decreasing (data/chat/sft.py), none split; W is the
+    fullest row rounded up to a multiple of `multiple_of` (at most seq_len), as collate_pairs rounds."""
+    sequences = [(p.chosen_ids, p.chosen_labels) for p in pairs] + [(p.rejected_ids, p.rejected_labels) for p in pairs]
+    bins = best_fit_decreasing([len(ids) - 1 for ids, _ in sequences], seq_len)
+    fullest = max(sum(len(sequences[i][0]) - 1 for i in items) for items in bins)
+    width = min(seq_len, -(-fullest // multiple_of) * multiple_of)
+    inputs = np.full((len(bins), width), pad_id, dtype=np.int64)
+    targets = np.full((len(bins), width), IGNORE, dtype=np.int64)
+    doc_ids = np.empty((len(bins), width), dtype=np.int64)
+    slots = np.full((len(bins), width), -1, dtype=np.int64)
+    for row, items in enumerate(bins):
+        start = 0
+        for doc, item in enumerate(items):
+            ids, labels = sequences[item]
+            end = start + len(ids) - 1
+            inputs[row, start:end], targets[row, start:end], doc_ids[row, start:end] = ids[:-1], labels[1:], doc
+            slots[row, start:end] = item
+            start = end
+        doc_ids[row, start:] = len(items)
+    return PackedPreferenceBatch(*(torch.from_numpy(a) for a in (inputs, targets, doc_ids, slots)))
 
 
 class PairArrays(Sequence):
