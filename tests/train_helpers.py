@@ -96,3 +96,61 @@ def spawn(worker, world: int, *args) -> None:
     import torch.multiprocessing as mp
 
     mp.start_processes(worker, args=(world, free_port(), *args), nprocs=world, start_method="spawn", join=True)
+
+
+def full_gradient(name: str, grad, dims):
+    """A parameter's whole gradient on this rank (gathered from its shards; all experts of an expert-parallel one)."""
+    from torch.distributed.tensor import DTensor
+
+    from train.parallel.expert import global_experts, is_expert_parameter
+
+    if dims.ep > 1 and is_expert_parameter(name):
+        grad = global_experts(grad, dims)
+    return (grad.full_tensor() if isinstance(grad, DTensor) else grad).detach().clone()
+
+
+def run_layouts(rank: int, world: int, port: int, runs, data: str, out: str, *overrides: str) -> None:
+    """One spawned process of a layout test: sets up its rank's rendezvous, then trains each run (name, its
+    overrides, the run whose step-5 checkpoint it resumes from or None) with the Trainer, one after another,
+    and saves the first step's gradients of the parameters it holds, whole, as <run>/grads_<rank>.pt
+    (`first_gradients` merges them). Leaves the process group up for the caller's own checks."""
+    import shutil
+
+    import torch
+    import torch.distributed as dist
+
+    from train.config import compose_train_config
+    from train.trainer import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    out = Path(out)
+    for name, run_overrides, resume_from in runs:
+        if resume_from is not None and rank == 0:
+            source = out / resume_from / "checkpoints" / "step_00000005"
+            shutil.copytree(source, out / name / "checkpoints" / source.name)
+        if dist.is_initialized():
+            dist.barrier()
+        trainer = Trainer(compose_train_config([f"out_dir={out}", f"run_name={name}", f"data.path={data}", *FAST,
+                                                *overrides, *run_overrides]))
+        grads = {}
+
+        def keep_first(optimizer, args, kwargs):  # after clipping, before the first step
+            if not grads:
+                grads.update({n: full_gradient(n, p.grad, trainer.dims) for n, p in trainer.model.named_parameters()})
+
+        trainer.optimizer.register_step_pre_hook(keep_first)
+        trainer.train()
+        trainer.close()
+        torch.save(grads, out / name / f"grads_{rank}.pt")
+
+
+def first_gradients(run_dir: Path) -> dict:
+    """A run_layouts run's first-step gradients of every parameter, from whichever rank held it."""
+    import torch
+
+    merged = {}
+    for path in sorted(run_dir.glob("grads_*.pt")):
+        merged.update(torch.load(path))
+    return merged

@@ -14,14 +14,12 @@ on 2 cores shared with other jobs at load ~25; 4.9 minutes at load 4-7 with the 
 DeepSeek-V3 runs, which with their references take about 1.5 of them.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.train_helpers import FAST, consumed_indices, losses, spawn
+from tests.train_helpers import consumed_indices, first_gradients, losses, run_layouts, spawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
@@ -58,50 +56,14 @@ REFERENCE = {"tp2-dp2": "dense", "cp2-dp2": "dense", "tp2-cp2": "dense", "moe-tp
              "qwen3-next-cp2": "qwen3-next", "mla-tp2": "mla"}
 
 
-def full(name, tensor, dims):
-    """A parameter's whole gradient (all experts of an expert-parallel one)."""
-    from torch.distributed.tensor import DTensor
-
-    from train.parallel.expert import global_experts, is_expert_parameter
-
-    if dims.ep > 1 and is_expert_parameter(name):
-        tensor = global_experts(tensor, dims)
-    return (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().clone()
-
-
 def layouts_worker(rank, world, port, data, out, cp_check):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from train.config import compose_train_config
-    from train.trainer import Trainer
-
-    out = Path(out)
-    for name, overrides, resume_from in RUNS[world]:
-        if resume_from is not None and rank == 0:
-            source = out / resume_from / "checkpoints" / "step_00000005"
-            shutil.copytree(source, out / name / "checkpoints" / source.name)
-        if dist.is_initialized():
-            dist.barrier()
-        trainer = Trainer(compose_train_config([f"out_dir={out}", f"run_name={name}", f"data.path={data}", *FAST, *STEPS,
-                                                *overrides]))
-        grads = {}
-
-        def first_gradients(optimizer, args, kwargs):  # after clipping, before the first step
-            if not grads:
-                grads.update({n: full(n, p.grad, trainer.dims) for n, p in trainer.model.named_parameters()})
-
-        trainer.optimizer.register_step_pre_hook(first_gradients)
-        trainer.train()
-        trainer.close()
-        if rank == 0:
-            torch.save(grads, out / name / "grads.pt")
+    run_layouts(rank, world, port, RUNS[world], data, out, *STEPS)
     if world == 4:
-        check_initial_weights_read_under_tp(rank, out)
+        check_initial_weights_read_under_tp(rank, Path(out))
     if cp_check:
-        check_context_parallel_attention(rank, out)
+        check_context_parallel_attention(rank, Path(out))
     dist.destroy_process_group()
 
 
@@ -178,7 +140,7 @@ def test_layout_gives_the_losses_and_gradients_of_one_process(results, name):
     for step, loss in reference.items():
         assert layout[step] == pytest.approx(loss, rel=1e-5), (name, step)
     assert reference[10] < reference[1] - 0.3  # it learns
-    expected, got = torch.load(results / REFERENCE[name] / "grads.pt"), torch.load(results / name / "grads.pt")
+    expected, got = first_gradients(results / REFERENCE[name]), first_gradients(results / name)
     assert got.keys() == expected.keys()
     for key, grad in expected.items():
         torch.testing.assert_close(got[key], grad, rtol=1e-4, atol=1e-6 * grad.abs().max().item(), msg=key)

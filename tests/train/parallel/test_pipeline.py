@@ -11,14 +11,10 @@ next losses and the data stream's exact position. One spawn per world size runs 
 another (4 ranks: 7 runs, 1 rank: 4, 2 ranks: 5), about 4 minutes on 2 cores shared with other jobs.
 """
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
 
-from tests.train_helpers import FAST, consumed_indices, losses, metrics, spawn
+from tests.train_helpers import consumed_indices, first_gradients, losses, metrics, run_layouts, spawn
 from train.config import ParallelConfig
 from train.model import build_model, load_preset
 from train.model.config import apply_overrides
@@ -99,40 +95,10 @@ def test_each_stage_holds_its_layers_under_the_whole_models_names(sizes, stages,
     assert all(torch.equal(held[name], whole[name]) for name in whole)
 
 
-def full(tensor):
-    from torch.distributed.tensor import DTensor
-
-    return (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().clone()
-
-
 def pipeline_worker(rank, world, port, data, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from train.config import compose_train_config
-    from train.trainer import Trainer
-
-    out = Path(out)
-    for name, overrides, resume_from in RUNS[world]:
-        if resume_from is not None and rank == 0:
-            source = out / resume_from / "checkpoints" / "step_00000005"
-            shutil.copytree(source, out / name / "checkpoints" / source.name)
-        if dist.is_initialized():
-            dist.barrier()
-        trainer = Trainer(compose_train_config([f"out_dir={out}", f"run_name={name}", f"data.path={data}", *FAST,
-                                                "trainer.max_steps=10", *overrides]))
-        grads = {}
-
-        def first_gradients(optimizer, args, kwargs):  # after clipping, before the first step: this rank's stages'
-            if not grads:
-                grads.update({n: full(p.grad) for n, p in trainer.model.named_parameters()})
-
-        trainer.optimizer.register_step_pre_hook(first_gradients)
-        trainer.train()
-        trainer.close()
-        torch.save(grads, out / name / f"grads_{rank}.pt")
+    run_layouts(rank, world, port, RUNS[world], data, out, "trainer.max_steps=10")
     dist.destroy_process_group()
 
 
@@ -142,14 +108,6 @@ def results(prepared_data, tmp_path_factory):
     for world in (4, 1, 2):  # the 4-rank spawn writes the checkpoints the one-process resume reads
         spawn(pipeline_worker, world, prepared_data, str(out))
     return out
-
-
-def gradients(run: Path) -> dict:
-    """The first step's gradients of every parameter, from whichever rank held it."""
-    merged = {}
-    for path in sorted(run.glob("grads_*.pt")):
-        merged.update(torch.load(path))
-    return merged
 
 
 @pytest.mark.slow
@@ -165,7 +123,7 @@ def test_pipeline_layout_gives_the_losses_gradients_and_model_of_one_process(res
     assert reference[10] < reference[1] - 0.3  # it learns
     val = [{r["step"]: r["val_loss"] for r in metrics(results / run) if "val_loss" in r} for run in (REFERENCE[name], name)]
     assert val[1] == pytest.approx(val[0], rel=1e-5) and val[0]
-    expected, got = gradients(results / REFERENCE[name]), gradients(results / name)
+    expected, got = first_gradients(results / REFERENCE[name]), first_gradients(results / name)
     assert got.keys() == expected.keys()
     for key, grad in expected.items():
         torch.testing.assert_close(got[key], grad, rtol=1e-4, atol=1e-6 * grad.abs().max().item(), msg=key)
