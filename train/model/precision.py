@@ -7,13 +7,17 @@ region, `computes_in_fp32` for a whole function (on its first argument's device)
 FSDP2's mixed precision, neither changes anything.
 """
 
+import contextlib
 import functools
 
 import torch
 
 
 def fp32_matmuls(x: torch.Tensor):
-    return torch.autocast(x.device.type, enabled=False)
+    device = x.device.type  # devices without autocast (e.g. meta, where models are built unallocated): nothing to undo
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return contextlib.nullcontext()
+    return torch.autocast(device, enabled=False)
 
 
 def computes_in_fp32(fn):
