@@ -13,11 +13,17 @@ import functools
 import torch
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype torch.autocast computes x's matmuls in, or None where it is off (or x's device has none,
+    e.g. meta, where models are built unallocated)."""
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
 def fp32_matmuls(x: torch.Tensor):
-    device = x.device.type  # devices without autocast (e.g. meta, where models are built unallocated): nothing to undo
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
-        return contextlib.nullcontext()
-    return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext() if autocast_dtype(x) is None else torch.autocast(x.device.type, enabled=False)
 
 
 def computes_in_fp32(fn):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.model.ffn.activation import get_activation
+from train.model.precision import autocast_dtype
 
 CPU_BF16_ROWS = 32  # each expert's rows are padded to a multiple of this in bf16 on the CPU (module docstring)
 
@@ -86,8 +87,8 @@ class RoutedExperts(nn.Module):
 
     def forward(self, x_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         """x_ND: N routed rows sorted by expert, counts_E[e] of them for expert e."""
-        if torch.is_autocast_enabled(x_ND.device.type):  # torch._grouped_mm is no autocast op (torch 2.13): cast here
-            x_ND = x_ND.to(torch.get_autocast_dtype(x_ND.device.type))
+        if autocast_dtype(x_ND) is not None:  # torch._grouped_mm is no autocast op (torch 2.13): cast here
+            x_ND = x_ND.to(autocast_dtype(x_ND))
         if x_ND.device.type == "cpu" and x_ND.dtype == torch.bfloat16 and not torch.compiler.is_compiling():
             counts_E, rows_N = padded_groups(counts_E, CPU_BF16_ROWS)
             x_PD = x_ND.new_zeros(int(counts_E.sum()), x_ND.shape[1]).index_copy(0, rows_N, x_ND)
