@@ -123,7 +123,7 @@ def test_bf16_experts_on_the_cpu_pad_their_rows_and_change_nothing(variant, monk
     x_BTD = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1)).bfloat16()
     groups = []  # the group sizes the expert matmuls run on
     linear = experts.grouped_linear
-    monkeypatch.setattr(experts, "grouped_linear", lambda x, w, counts_E, grouped: groups.append(counts_E) or linear(x, w, counts_E, grouped))
+    monkeypatch.setattr(experts, "grouped_linear", lambda x, w, counts_E, grouped, b=None: groups.append(counts_E) or linear(x, w, counts_E, grouped, b))
     results = []
     for multiple in (experts.CPU_BF16_ROWS, 1):
         monkeypatch.setattr(experts, "CPU_BF16_ROWS", multiple)

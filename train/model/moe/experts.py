@@ -37,15 +37,19 @@ def grouped_mm_available(x: torch.Tensor) -> bool:
     return hasattr(torch, "_grouped_mm") and (cpu_eager or x.dtype == torch.bfloat16)
 
 
-def grouped_linear(x_ND: torch.Tensor, w_EOD: torch.Tensor, counts_E: torch.Tensor, grouped: bool) -> torch.Tensor:
-    """Rows of expert e (a contiguous slice, counts_E[e] long) times w_EOD[e]^T: [N, O]."""
+def grouped_linear(x_ND: torch.Tensor, w_EOD: torch.Tensor, counts_E: torch.Tensor, grouped: bool,
+                   b_EO: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows of expert e (a contiguous slice, counts_E[e] long) times w_EOD[e]^T, plus b_EO[e]: [N, O]."""
     if grouped and grouped_mm_available(x_ND):
         out_NO = torch._grouped_mm(x_ND, w_EOD.transpose(-2, -1), offs=counts_E.cumsum(0).to(torch.int32))
         if out_NO.requires_grad:  # its backward rejects the stride-0 gradients of e.g. a sum
             out_NO.register_hook(torch.Tensor.contiguous)
+    else:
+        slices = x_ND.split(counts_E.tolist())
+        out_NO = torch.cat([F.linear(x_nD, w_EOD[e]) for e, x_nD in enumerate(slices)]) if slices else x_ND.new_zeros(0, w_EOD.shape[1])
+    if b_EO is None:
         return out_NO
-    slices = x_ND.split(counts_E.tolist())
-    return torch.cat([F.linear(x_nD, w_EOD[e]) for e, x_nD in enumerate(slices)]) if slices else x_ND.new_zeros(0, w_EOD.shape[1])
+    return out_NO + b_EO.repeat_interleave(counts_E, dim=0, output_size=x_ND.shape[0])
 
 
 def padded_groups(counts_E: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,9 +86,6 @@ class RoutedExperts(nn.Module):
             if b is not None:
                 nn.init.zeros_(b)
 
-    def _bias(self, b_EO: torch.Tensor | None, counts_E: torch.Tensor, n: int) -> torch.Tensor | int:
-        return 0 if b_EO is None else b_EO.repeat_interleave(counts_E, dim=0, output_size=n)
-
     def forward(self, x_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         """x_ND: N routed rows sorted by expert, counts_E[e] of them for expert e."""
         if autocast_dtype(x_ND) is not None:  # torch._grouped_mm is no autocast op (torch 2.13): cast here
@@ -92,19 +93,18 @@ class RoutedExperts(nn.Module):
         if x_ND.device.type == "cpu" and x_ND.dtype == torch.bfloat16 and not torch.compiler.is_compiling():
             counts_E, rows_N = padded_groups(counts_E, CPU_BF16_ROWS)
             x_PD = x_ND.new_zeros(int(counts_E.sum()), x_ND.shape[1]).index_copy(0, rows_N, x_ND)
-            return self.glu(x_PD, counts_E)[rows_N]
+            return self.glu(x_PD, counts_E).index_select(0, rows_N)
         return self.glu(x_ND, counts_E)
 
     def glu(self, x_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        N = x_ND.shape[0]
         # the weights in x's dtype: a no-op but under torch.autocast, whose cast of x (forward) they follow
         w1_EFD, w3_EFD, w2_EDF, b1_EF, b3_EF, b2_ED = (None if p is None else p.to(x_ND.dtype) for p in (
             self.w1_EFD, self.w3_EFD, self.w2_EDF, self.b1_EF, self.b3_EF, self.b2_ED))
-        gate_NF = grouped_linear(x_ND, w1_EFD, counts_E, self.grouped_mm) + self._bias(b1_EF, counts_E, N)
-        up_NF = grouped_linear(x_ND, w3_EFD, counts_E, self.grouped_mm) + self._bias(b3_EF, counts_E, N)
+        gate_NF = grouped_linear(x_ND, w1_EFD, counts_E, self.grouped_mm, b1_EF)
+        up_NF = grouped_linear(x_ND, w3_EFD, counts_E, self.grouped_mm, b3_EF)
         if self.swiglu_limit is None:
             h_NF = self.activation(gate_NF) * up_NF
         else:
             gate_NF = gate_NF.clamp(max=self.swiglu_limit)
             h_NF = (up_NF.clamp(-self.swiglu_limit, self.swiglu_limit) + 1) * gate_NF * torch.sigmoid(self.swiglu_alpha * gate_NF)
-        return grouped_linear(h_NF, w2_EDF, counts_E, self.grouped_mm) + self._bias(b2_ED, counts_E, N)
+        return grouped_linear(h_NF, w2_EDF, counts_E, self.grouped_mm, b2_ED)

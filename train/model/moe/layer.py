@@ -99,8 +99,8 @@ class MoE(nn.Module):
         if self.num_zero_experts or self.capacity_factor is not None:
             order_A = order_A[: int(counts_E.sum())]  # the routed pairs (the layer's one host sync, see above)
         token_A = order_A // K
-        y_AD = self.dispatch(x_TD[token_A], counts_E, self.experts)
-        y_AD = y_AD * weights_TK.flatten()[order_A, None]
+        y_AD = self.dispatch(x_TD.index_select(0, token_A), counts_E, self.experts)
+        y_AD = y_AD * weights_TK.flatten().index_select(0, order_A)[:, None]
         y_TD = torch.zeros_like(x_TD).index_add_(0, token_A, y_AD)
         if self.num_zero_experts:
             zero_weight_T1 = weights_TK.masked_fill(choices_TK < E, 0).sum(dim=-1, keepdim=True)
