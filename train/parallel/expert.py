@@ -60,7 +60,7 @@ class AllToAllDispatch:
         # received rows are (source, expert)-major; the experts want them (expert, source)-major
         chunks = torch.arange(sum(recv_splits), device=x_ND.device).split(recv_counts)
         order_R = torch.cat([chunks[p * local + e] for e in range(local) for p in range(ep)])
-        y_RD = experts(x_RD[order_R], recv_counts_PL.sum(dim=0))[order_R.argsort()]
+        y_RD = experts(x_RD.index_select(0, order_R), recv_counts_PL.sum(dim=0)).index_select(0, order_R.argsort())
         return all_to_all_single_autograd(y_RD, send_splits, recv_splits, self.group)
 
 
