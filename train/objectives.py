@@ -38,7 +38,7 @@ class NextToken:
         pipeline stage's loss, train/parallel/pipeline.py)."""
         hidden_ND, targets_N = hidden_BTD.flatten(0, 1), targets_BT.reshape(-1)
         if target_positions is not None:  # SFT: only the positions with a target reach the output projection
-            hidden_ND, targets_N = pad_rows(hidden_ND[target_positions], 0), pad_rows(targets_N[target_positions], IGNORE)
+            hidden_ND, targets_N = pad_rows(hidden_ND.index_select(0, target_positions), 0), pad_rows(targets_N[target_positions], IGNORE)
         return cross_entropy_sum(hidden_ND, model.output_weight(), targets_N, self.chunk_tokens, model.config.final_softcap)
 
 
@@ -49,7 +49,7 @@ def response_logps(model, batch, chunk_tokens: int) -> torch.Tensor:
     if "target_sequences" not in batch:
         return sequence_logps(hidden_BTD, model.output_weight(), batch["targets"], chunk_tokens, model.config.final_softcap)
     positions_N = batch["target_positions"]
-    return summed_logps(hidden_BTD.flatten(0, 1)[positions_N], model.output_weight(), batch["targets"].flatten()[positions_N],
+    return summed_logps(hidden_BTD.flatten(0, 1).index_select(0, positions_N), model.output_weight(), batch["targets"].flatten()[positions_N],
                         batch["target_sequences"], 2 * batch["count"], chunk_tokens, model.config.final_softcap)
 
 
