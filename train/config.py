@@ -108,6 +108,9 @@ class ParallelConfig:
     # second all-gather and cast in backward, for the memory of one unsharded copy of the blocks
     reshard_after_forward: bool = True
     tf32: bool = True  # CUDA: fp32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high"))
+    # CPU ops: floats below 1.2e-38 (denormals) read and written as zero (x86 FTZ/DAZ); the decay masks of the
+    # linear mixers underflow into them, and the CPU computes on denormals ~10x slower
+    flush_denormal: bool = True
     # Seconds the rendezvous and process-group start (init_process_group, NCCL's eager init) may take:
     # generous, since the nodes of a large job start minutes apart.
     init_timeout_s: float = 1800.0

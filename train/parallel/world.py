@@ -60,6 +60,16 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+def set_flush_denormal(enabled: bool) -> None:
+    """Denormal floats (below 1.2e-38 in fp32 and bf16) computed as zero by CPU ops (x86 FTZ/DAZ bits of
+    the floating-point control register; a no-op where the CPU has none). A denormal costs an x86 core
+    ~10-100x a normal float (a microcode assist), and exp(log-decay sums) in the linear mixers' chunk masks
+    and their gradients underflow into them: Qwen3-Next's fp32 intra-chunk matmuls ran 3x slower.
+    The register is per thread and a new thread copies its creator's, so this must run before the
+    first parallel op starts the OpenMP threads: `init_world` is the trainer's first torch work."""
+    torch.set_flush_denormal(enabled)
+
+
 def set_determinism(enabled: bool) -> None:
     """Deterministic kernels (trainer.deterministic), for bit-exact restarts. Call before any CUDA work:
     cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates its first handle, and without it
@@ -101,6 +111,7 @@ def init_world(config: ParallelConfig) -> World:
     if "RANK" not in os.environ:  # not under torchrun: a group of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     rank, local_rank, size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    set_flush_denormal(config.flush_denormal)
     device = pick_device(config, local_rank)
     if device.type == "cuda":
         set_tf32(config.tf32)

@@ -1,12 +1,15 @@
-"""train/parallel/world.py's start-up settings: timeouts, TF32, determinism (CPU; torch's setters stubbed)."""
+"""train/parallel/world.py's start-up settings: timeouts, TF32, determinism (CPU; torch's setters stubbed), denormals."""
 
 import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from common.paths import REPO
 from train.config import ParallelConfig
 from train.parallel import world
 
@@ -85,3 +88,28 @@ def test_determinism_sets_cublas_workspace_and_cudnn(monkeypatch):
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     world.set_determinism(False)
     assert not torch.backends.cudnn.deterministic and modes == [True, True, False]
+
+
+FLUSH_CHECK = """
+import sys, torch
+torch.set_num_threads(2)
+from train.config import ParallelConfig
+from train.parallel.world import init_world, close_world
+import train.trainer  # what the trainer imports runs before its init_world
+init_world(ParallelConfig(device="cpu", flush_denormal=sys.argv[1] == "True"))
+x = torch.full((1 << 22,), 1e-39)  # denormal fp32; an elementwise op this long runs on both threads
+print(int((x * 1.0).count_nonzero()), x.numel())
+close_world()
+"""
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_denormals_flush_to_zero_on_every_thread(enabled):
+    """parallel.flush_denormal: after init_world a denormal input computes as zero on all the OpenMP
+    threads (they copy the main thread's setting when they start), and stays itself when disabled."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero (not x86 with SSE3)")
+    out = subprocess.run([sys.executable, "-c", FLUSH_CHECK, str(enabled)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    nonzero, total = map(int, out.stdout.split())
+    assert nonzero == (0 if enabled else total)
