@@ -39,15 +39,13 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import batches, interleaved_times, paired_ratio, peak, peer_step, pick_device, where  # noqa: E402
+from bench.harness import batches, interleaved_times, paired_ratio, peak, peer_step, pick_device, trainer_numerics, where  # noqa: E402
 from bench.pretrain_throughput import our_config  # noqa: E402
-from train.config import ParallelConfig  # noqa: E402
 from train.model.config import apply_overrides, load_preset  # noqa: E402
 from train.model.folder import save_model  # noqa: E402
 from train.model.hf import export_hf  # noqa: E402
 from train.model.summary import summarize  # noqa: E402
 from train.model.transformer import Transformer  # noqa: E402
-from train.parallel.world import set_tf32  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
 BATCH, SEQ = 4, 256
@@ -201,9 +199,8 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     device = pick_device(args.device)
+    trainer_numerics(device)
     torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        set_tf32(ParallelConfig().tf32)  # the peer's fp32 matmuls as ours
     peaks = peak(device)
     print(f"{where(device)}; matmul peak fp32 {peaks['fp32']:.3f} TFLOP/s, bf16 {peaks['bf16']:.3f} TFLOP/s "
           f"({'measured, 1024x1024 matmuls' if device.type == 'cpu' else 'datasheet'})", flush=True)

@@ -1,5 +1,5 @@
-"""What the training benchmarks share: the device, batches of the prepared corpus, the peer's training
-step, interleaved timing and the machine's matmul peak.
+"""What the training benchmarks share: the device and the trainer's numerics, batches of the prepared
+corpus, the peer's training step, interleaved timing and the machine's matmul peak.
 
 The peer (a transformers model) trains as pretrain_throughput.py's docstring says: fp32 weights, and
 for bf16 `torch.autocast(<device>, torch.bfloat16)` (fp32 master weights and bf16 compute, as ours with
@@ -14,10 +14,11 @@ import time
 
 import torch
 
-from train.config import LoggingConfig, TrainConfig
+from train.config import LoggingConfig, ParallelConfig, TrainConfig
 from train.data_loader import to_device
 from train.metrics import peak_tflops
 from train.optim import build_optimizer, build_scheduler
+from train.parallel.world import set_flush_denormal, set_tf32
 from train.stages import STAGES, stage_data
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -28,6 +29,16 @@ def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
+
+
+def trainer_numerics(device: torch.device) -> None:
+    """The process-wide numerics the trainer sets at start (train/parallel/world.py: init_world), for the
+    peer as for ours: denormals flushed to zero (CPU), fp32 matmuls on TF32 (CUDA). Call it before any
+    tensor op: the OpenMP threads copy the flush setting when they start."""
+    defaults = ParallelConfig()
+    set_flush_denormal(defaults.flush_denormal)
+    if device.type == "cuda":
+        set_tf32(defaults.tf32)
 
 
 def where(device: torch.device) -> str:

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import synchronize, where  # noqa: E402
+from bench.harness import synchronize, trainer_numerics, where  # noqa: E402
 from train.model.config import (  # noqa: E402
     AttentionConfig,
     GatedDeltaNetConfig,
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
+    trainer_numerics(device)
     started = time.perf_counter()
     first, last = args.lengths[0], args.lengths[-1]
     header = (["mixer (us/token, fwd+bwd)"] + [f"T={n}" for n in args.lengths]

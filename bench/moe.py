@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import Qwen3MoeConfig  # noqa: E402
 from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock  # noqa: E402
 
-from bench.harness import synchronize, where  # noqa: E402
+from bench.harness import synchronize, trainer_numerics, where  # noqa: E402
 from train.model.config import FFNConfig, ModelConfig, MoEConfig, RouterConfig  # noqa: E402
 from train.model.moe.layer import MoE  # noqa: E402
 
@@ -111,6 +111,7 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
+    trainer_numerics(device)
     print(f"MoE layer fwd+bwd, {args.tokens} tokens, dim {args.dim}, {args.experts} experts of {args.expert_dim}, top {args.top_k}, "
           f"{where(device)}")
     rounds_BTD = torch.randn(args.repeats + 1, args.tokens // 512, 512, args.dim, device=device).unbind(0)

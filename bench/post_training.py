@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import synchronize  # noqa: E402
+from bench.harness import synchronize, trainer_numerics  # noqa: E402
 from bench.pretrain_throughput import BATCH, SEQ, our_config  # noqa: E402
 from data.chat.preferences import read_pairs  # noqa: E402
 from data.chat.rows import ChatSource, Skipped  # noqa: E402
@@ -293,6 +293,7 @@ def main() -> None:
         args.rows, args.warmup, args.steps, args.repeats = 64, 1, 2, 1
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    trainer_numerics(device)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.child:
         print(json.dumps([vars(child(args, row, args.child, Path(args.work), device)) for row in args.row]))

@@ -31,11 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from bench.harness import batches, interleaved_times, peak, peer_step, pick_device, where  # noqa: E402
+from bench.harness import batches, interleaved_times, peak, peer_step, pick_device, trainer_numerics, where  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.model.config import apply_overrides, load_preset  # noqa: E402
 from train.model.summary import summarize  # noqa: E402
-from train.parallel.world import set_tf32  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
 SHAPE = {"dim": 384, "num_layers": 6, "vocab_size": 8192, "max_seq_len": 256, "tie_embeddings": False,
@@ -111,12 +110,11 @@ def main() -> None:
     if not Path(args.data, "manifest.json").exists():
         sys.exit(f"{args.data}: not prepared; run `python -m data` first")
     device = pick_device(args.device)
+    trainer_numerics(device)
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         probe = our_config(args.data, "fp32", tmp / "probe", device)
-        if device.type == "cuda":
-            set_tf32(probe.parallel.tf32)  # the peer's fp32 matmuls as ours (the trainer sets it at start)
         data = batches(probe, args.steps + 2, BATCH, device)
         flops = summarize(probe.model, context=SEQ).flops_per_token
         peaks = peak(device)
