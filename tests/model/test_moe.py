@@ -118,8 +118,8 @@ def test_grouped_mm_gradients_equal_sorted_loop():
 
 @pytest.mark.parametrize("variant", ["softmax_topk", "gpt_oss_clamped"])
 def test_bf16_experts_on_the_cpu_pad_their_rows_and_change_nothing(variant, monkeypatch):
-    """In bf16 on the CPU each expert's rows are padded with zero rows to a multiple of CPU_BF16_ROWS (oneDNN
-    then reuses its kernels): the outputs and gradients are those of the unpadded rows (a multiple of 1)."""
+    """In bf16 on the CPU each expert's group is padded with zero rows to a multiple of CPU_BF16_ROWS (oneDNN
+    then reuses its kernels): the outputs and gradients are those of the unpadded groups (a multiple of 1)."""
     x_BTD = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1)).bfloat16()
     groups = []  # the group sizes the expert matmuls run on
     linear = experts.grouped_linear

@@ -14,10 +14,10 @@ work is proportional to the routed tokens, never all experts x all tokens. Exper
 only some experts here (`num_experts` is then the local count) and feeds them the tokens it received.
 
 On the CPU a bf16 matmul runs through oneDNN, which builds a kernel for each new shape (~1 ms, ten times
-the matmul of a few hundred rows), and the routing changes every expert's row count every step. There each
-expert's rows are padded with zero rows to a multiple of CPU_BF16_ROWS, so the shapes repeat and the built
-kernels are reused (3x faster experts; the zero rows add nothing to any output or gradient; not under
-torch.compile, whose graph would break on the padded size).
+the matmul of a few hundred rows), and the routing changes every expert's row count every step. There the
+MoE layer pads each expert's group to a multiple of CPU_BF16_ROWS (`group_multiple`, `padded_groups`) as it
+gathers the routed tokens, so the shapes repeat and the built kernels are reused (3x faster experts; not
+under torch.compile, whose graph would break on the padded size).
 """
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 from train.model.ffn.activation import get_activation
 from train.model.precision import autocast_dtype
 
-CPU_BF16_ROWS = 32  # each expert's rows are padded to a multiple of this in bf16 on the CPU (module docstring)
+CPU_BF16_ROWS = 32  # each expert's group is padded to a multiple of this many rows in bf16 on the CPU (module docstring)
 
 
 def grouped_mm_available(x: torch.Tensor) -> bool:
@@ -50,6 +50,14 @@ def grouped_linear(x_ND: torch.Tensor, w_EOD: torch.Tensor, counts_E: torch.Tens
     if b_EO is None:
         return out_NO
     return out_NO + b_EO.repeat_interleave(counts_E, dim=0, output_size=x_ND.shape[0])
+
+
+def group_multiple(x: torch.Tensor) -> int:
+    """The multiple of rows each expert's group is padded to for experts fed `x` (computing in its autocast
+    dtype, if any): CPU_BF16_ROWS in bf16 on the CPU outside torch.compile (module docstring), else 1."""
+    dtype = autocast_dtype(x) or x.dtype
+    cpu_bf16 = x.device.type == "cpu" and dtype == torch.bfloat16 and not torch.compiler.is_compiling()
+    return CPU_BF16_ROWS if cpu_bf16 else 1
 
 
 def padded_groups(counts_E: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +98,6 @@ class RoutedExperts(nn.Module):
         """x_ND: N routed rows sorted by expert, counts_E[e] of them for expert e."""
         if autocast_dtype(x_ND) is not None:  # torch._grouped_mm is no autocast op (torch 2.13): cast here
             x_ND = x_ND.to(autocast_dtype(x_ND))
-        if x_ND.device.type == "cpu" and x_ND.dtype == torch.bfloat16 and not torch.compiler.is_compiling():
-            counts_E, rows_N = padded_groups(counts_E, CPU_BF16_ROWS)
-            x_PD = x_ND.new_zeros(int(counts_E.sum()), x_ND.shape[1]).index_copy(0, rows_N, x_ND)
-            return self.glu(x_PD, counts_E).index_select(0, rows_N)
         return self.glu(x_ND, counts_E)
 
     def glu(self, x_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,9 @@ their pairs sort last and are cut off before any expert runs (they cost no FLOPs
 parallelism, never leave the rank). Dropless by default; with `capacity_factor`, each expert keeps its
 first `capacity` pairs in token order and the rest are dropped before dispatch (so they don't travel
 either). The routed pairs go through `self.dispatch(x_ND, counts_E, experts)`, which runs the local
-experts; train/parallel/expert.py swaps in an all-to-all dispatch.
+experts; train/parallel/expert.py swaps in an all-to-all dispatch. In bf16 on the CPU each expert's
+group is padded to a multiple of rows (experts.py: oneDNN's kernels are built per shape) by pad slots
+that gather a zero row and carry weight 0: they add nothing to any output or gradient.
 
 Host syncs: none for a dropless layer without zero experts (every one of the T * k pairs is routed, a
 size the host knows). With zero experts or a capacity, how many pairs reach the experts depends on the
@@ -34,7 +36,7 @@ from torch import nn
 
 from train.model.config import FFNConfig, ModelConfig
 from train.model.ffn.glu import GLU
-from train.model.moe.experts import RoutedExperts
+from train.model.moe.experts import RoutedExperts, group_multiple, padded_groups
 from train.model.moe.router import Router
 from train.model.registry import register_ffn
 
@@ -98,10 +100,16 @@ class MoE(nn.Module):
             counts_E = kept_E
         if self.num_zero_experts or self.capacity_factor is not None:
             order_A = order_A[: int(counts_E.sum())]  # the routed pairs (the layer's one host sync, see above)
-        token_A = order_A // K
-        y_AD = self.dispatch(x_TD.index_select(0, token_A), counts_E, self.experts)
-        y_AD = y_AD * weights_TK.flatten().index_select(0, order_A)[:, None]
-        y_TD = torch.zeros_like(x_TD).index_add_(0, token_A, y_AD)
+        token_A, weight_A = order_A // K, weights_TK.flatten().index_select(0, order_A)
+        source_SD, T = x_TD, x_TD.shape[0]
+        multiple = group_multiple(x_TD)
+        if multiple > 1:  # each expert's group padded (experts.py) by slots that read a zero row with weight 0
+            counts_E, slot_A = padded_groups(counts_E, multiple)  # from here A counts the pad slots too
+            token_A = token_A.new_full((int(counts_E.sum()),), T).index_copy(0, slot_A, token_A)
+            weight_A = weight_A.new_zeros(token_A.shape).index_copy(0, slot_A, weight_A)
+            source_SD = torch.cat([x_TD, x_TD.new_zeros(1, D)])  # S = T + 1 rows, the last one zero
+        y_AD = self.dispatch(source_SD.index_select(0, token_A), counts_E, self.experts)
+        y_TD = torch.zeros_like(source_SD).index_add_(0, token_A, y_AD * weight_A[:, None])[:T]
         if self.num_zero_experts:
             zero_weight_T1 = weights_TK.masked_fill(choices_TK < E, 0).sum(dim=-1, keepdim=True)
             y_TD = y_TD + zero_weight_T1 * x_TD
