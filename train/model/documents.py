@@ -30,10 +30,24 @@ the gathered keys and values (`keys`). The linear mixers (recurrent scans) need 
 Each is differentiable: the backward sends the gradients back to the devices that hold the tokens.
 """
 
-from functools import cached_property
+import functools
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, and_masks, create_block_mask
+
+
+def cached_property(method):
+    """A property computed on first use and kept in the instance: functools.cached_property without the
+    lock Python 3.11's takes, which torch.compile cannot trace (a compiled block reading a Documents
+    property failed there)."""
+
+    @functools.wraps(method)
+    def get(self):
+        if method.__name__ not in self.__dict__:
+            self.__dict__[method.__name__] = method(self)
+        return self.__dict__[method.__name__]
+
+    return property(get)
 
 
 class Documents:
