@@ -44,9 +44,13 @@ def sharp_model(capacity_factor=None):
     return model
 
 
-def layer_worker(rank, world, port, ep, capacity_factor, out):
+def layer_worker(rank, world, port, ep, capacity_factor, pad, out):
     dims = setup(rank, world, port, ep)
+    import train.model.moe.layer as moe_layer
     import train.parallel.expert as expert_parallel
+
+    if pad:  # each expert's group padded to 4 rows, as bf16 on the CPU pads to 32: the pad slots travel too
+        moe_layer.group_multiple = lambda x: pad
 
     B, T, D = 2, 16, 64
     x_WBTD = torch.randn(world, B, T, D, generator=torch.Generator().manual_seed(1))
@@ -91,9 +95,11 @@ def layer_worker(rank, world, port, ep, capacity_factor, out):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world,ep,capacity_factor", [(2, 2, None), pytest.param(4, 2, None, marks=pytest.mark.heavy), pytest.param(4, 4, None, marks=pytest.mark.heavy), (2, 2, 0.6)])
-def test_expert_parallel_layer_matches_one_process(world, ep, capacity_factor, tmp_path):
-    spawn(layer_worker, world, ep, capacity_factor, str(tmp_path))
+@pytest.mark.parametrize("world,ep,capacity_factor,pad", [(2, 2, None, 0), pytest.param(4, 2, None, 0, marks=pytest.mark.heavy),
+                                                         pytest.param(4, 4, None, 0, marks=pytest.mark.heavy), (2, 2, 0.6, 0), (2, 2, 0.6, 4)])
+def test_expert_parallel_layer_matches_one_process(world, ep, capacity_factor, pad, tmp_path):
+    """pad: the experts' groups padded by pad slots (train/model/moe/layer.py) on the ranks, not in the reference."""
+    spawn(layer_worker, world, ep, capacity_factor, pad, str(tmp_path))
     for rank in range(world):
         result = torch.load(tmp_path / f"{rank}.pt")
         assert result["local_experts"] == 8 // ep
@@ -102,7 +108,10 @@ def test_expert_parallel_layer_matches_one_process(world, ep, capacity_factor, t
         # zero-expert choices never enter the all-to-all, nor do dropped ones: only the kept routed rows are sent
         assert result["zero"] > 0 and (result["dropped"] > 0) == (capacity_factor is not None)
         assert result["routed"] == result["assignments"] - result["zero"]
-        assert result["sent"] == result["routed"] - result["dropped"]
+        if pad:  # every expert's group of this rank's rows is a multiple of `pad`, so is their sum
+            assert result["sent"] % pad == 0 and result["sent"] > result["routed"] - result["dropped"]
+        else:
+            assert result["sent"] == result["routed"] - result["dropped"]
 
 
 def train_worker(rank, world, port, ep, steps, out):
