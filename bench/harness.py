@@ -18,7 +18,7 @@ from train.config import LoggingConfig, ParallelConfig, TrainConfig
 from train.data_loader import to_device
 from train.metrics import peak_tflops
 from train.optim import build_optimizer, build_scheduler
-from train.parallel.world import set_flush_denormal, set_tf32
+from train.parallel.world import set_numerics
 from train.stages import STAGES, stage_data
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -32,13 +32,10 @@ def pick_device(choice: str) -> torch.device:
 
 
 def trainer_numerics(device: torch.device) -> None:
-    """The process-wide numerics the trainer sets at start (train/parallel/world.py: init_world), for the
-    peer as for ours: denormals flushed to zero (CPU), fp32 matmuls on TF32 (CUDA). Call it before any
-    tensor op: the OpenMP threads copy the flush setting when they start."""
-    defaults = ParallelConfig()
-    set_flush_denormal(defaults.flush_denormal)
-    if device.type == "cuda":
-        set_tf32(defaults.tf32)
+    """The process-wide numerics the trainer sets at start (train/parallel/world.py: set_numerics, with the
+    defaults), for the peer as for ours. Call it before any tensor op: the OpenMP threads copy the flush
+    setting when they start."""
+    set_numerics(ParallelConfig(), device)
 
 
 def where(device: torch.device) -> str:

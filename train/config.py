@@ -109,7 +109,7 @@ class ParallelConfig:
     reshard_after_forward: bool = True
     tf32: bool = True  # CUDA: fp32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high"))
     # CPU ops: floats below 1.2e-38 (denormals) read and written as zero (x86 FTZ/DAZ); the decay masks of the
-    # linear mixers underflow into them, and the CPU computes on denormals ~10x slower
+    # linear mixers underflow into them, and a CPU computes on denormals 4-170x slower (train/parallel/world.py)
     flush_denormal: bool = True
     # Seconds the rendezvous and process-group start (init_process_group, NCCL's eager init) may take:
     # generous, since the nodes of a large job start minutes apart.

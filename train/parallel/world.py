@@ -62,13 +62,22 @@ def set_tf32(enabled: bool) -> None:
 
 def set_flush_denormal(enabled: bool) -> None:
     """Denormal floats (below 1.2e-38 in fp32 and bf16) computed as zero by CPU ops (x86 FTZ/DAZ bits of
-    the floating-point control register; a no-op where the CPU has none). A denormal costs an x86 core
-    ~10-100x a normal float (a microcode assist), and exp(log-decay sums) in the linear mixers' chunk masks
-    and their gradients underflow into them: Qwen3-Next's intra-chunk matmuls took 108 ms of a 766 ms CPU
-    step (bf16, 1 thread), and the whole step 564 ms flushed.
+    the floating-point control register; a no-op where the CPU has none). An x86 core takes a slow path
+    for each denormal: on this project's 2-core Xeon a [256, 64, 64] batched matmul of denormal inputs took
+    269 ms against 1.6 ms flushed, an elementwise multiply 189 against 41 ms. exp(log-decay sums) in the
+    linear mixers' chunk masks and their gradients underflow into them: Qwen3-Next's intra-chunk matmuls
+    took 108 ms of a 766 ms CPU step (bf16, 1 thread), and the whole step 564 ms flushed.
     The register is per thread and a new thread copies its creator's, so this must run before the
     first parallel op starts the OpenMP threads: `init_world` is the trainer's first torch work."""
     torch.set_flush_denormal(enabled)
+
+
+def set_numerics(config: ParallelConfig, device: torch.device) -> None:
+    """The process-wide numerics a run computes under: denormals flushed (parallel.flush_denormal) and, on
+    CUDA, fp32 matmuls on TF32 (parallel.tf32). The benchmarks call it for their peers too."""
+    set_flush_denormal(config.flush_denormal)
+    if device.type == "cuda":
+        set_tf32(config.tf32)
 
 
 def set_determinism(enabled: bool) -> None:
@@ -112,10 +121,8 @@ def init_world(config: ParallelConfig) -> World:
     if "RANK" not in os.environ:  # not under torchrun: a group of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     rank, local_rank, size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    set_flush_denormal(config.flush_denormal)
     device = pick_device(config, local_rank)
-    if device.type == "cuda":
-        set_tf32(config.tf32)
+    set_numerics(config, device)  # before any parallel op (set_flush_denormal)
     if not dist.is_initialized():
         if config.init_timeout_s <= 0 or config.timeout_s <= 0:
             raise ValueError(f"parallel.init_timeout_s={config.init_timeout_s}, parallel.timeout_s={config.timeout_s}: "
