@@ -38,7 +38,7 @@ class InspectConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     devices: Optional[int] = None  # world size; default: the product of the parallel sizes (dp_shard=-1 counts 1)
     micro_batch: int = 1  # sequences of `context` tokens per forward on each data-parallel rank
-    loss_chunk_tokens: int = 4096  # trainer.loss_chunk_tokens
+    loss_chunk_tokens: int = 512  # trainer.loss_chunk_tokens
 
 
 ConfigStore.instance().store(name="inspect_schema", node=InspectConfig)

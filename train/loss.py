@@ -72,16 +72,37 @@ class VocabShard:
         return picked_n, local_n
 
 
-def _chunk_log_probs(hidden_nD, weight_VD, targets_n, cap: float | None = None, shard: VocabShard | None = None):
+def compute_dtype(hidden_ND: torch.Tensor, weight_VD: torch.Tensor) -> torch.dtype:
+    """The dtype `hidden @ weight.T` computes in: autocast's where it is on, else the inputs' common dtype."""
+    device = hidden_ND.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.promote_types(
+        hidden_ND.dtype, weight_VD.dtype)
+
+
+def operands(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, chunk_tokens: int) -> tuple:
+    """(hidden, weight in the compute dtype, the workspace): the [n, V] buffers every chunk of n tokens writes
+    into, logits in the compute dtype (later the logits' gradient), logits and log-probabilities in fp32. One
+    workspace per call: fresh [n, V] tensors per chunk would be new memory each time, which a CPU page-faults
+    in (zeroed pages from the kernel) for longer than the arithmetic on them takes."""
+    dtype = compute_dtype(hidden_ND, weight_VD)
+    rows, vocab = min(chunk_tokens, hidden_ND.shape[0]), weight_VD.shape[0]
+    buffers = (hidden_ND.new_empty(rows, vocab, dtype=dtype),
+               *(hidden_ND.new_empty(rows, vocab, dtype=torch.float32) for _ in range(2)))
+    return hidden_ND.to(dtype), weight_VD.to(dtype), buffers
+
+
+def _chunk_log_probs(hidden_nD, weight_VD, targets_n, buffers: tuple, cap: float | None = None,
+                     shard: VocabShard | None = None):
     """(log-probabilities [n, V] (this shard's columns) in fp32, the targets' columns (-1: not here), valid mask,
-    loss sum, dc/dz [n, V] or None) of one chunk."""
-    logits_nV = (hidden_nD @ weight_VD.T).float()
+    loss sum, dc/dz [n, V] or None) of one chunk, written into `buffers`; hidden, weight and buffers from operands()."""
+    low_nV, logits_nV, log_probs_nV = (buffer[: len(hidden_nD)] for buffer in buffers)
+    logits_nV.copy_(torch.mm(hidden_nD, weight_VD.T, out=low_nV))
     capped_nV = softcap(logits_nV, cap)
     slope_nV = None if cap is None else 1.0 - (capped_nV / cap).square()
     valid_n = targets_n != IGNORE
     safe_n = targets_n.clamp(min=0)
     if shard is None:
-        log_probs_nV = torch.log_softmax(capped_nV, dim=-1)
+        log_probs_nV = torch.log_softmax(capped_nV, dim=-1, out=log_probs_nV)
         picked_n, columns_n = log_probs_nV.gather(1, safe_n[:, None])[:, 0], safe_n
     else:
         log_probs_nV = shard.log_softmax(capped_nV)
@@ -94,23 +115,27 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden_ND, weight_VD, targets_N, chunk_tokens: int, cap: float | None = None,
                 shard: VocabShard | None = None):
+        hidden_ND, weight_cVD, buffers = operands(hidden_ND, weight_VD, chunk_tokens)
+        # ignored targets get no gradient: their rows zeroed in the [N, D] operands, not in each [n, V] chunk
+        valid_N1 = (targets_N != IGNORE)[:, None]
+        masked_ND = hidden_ND * valid_N1
         grad_hidden_ND = torch.empty_like(hidden_ND)
         grad_weight_VD = torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden_ND.device)
         for start in range(0, hidden_ND.shape[0], chunk_tokens):
-            hidden_nD = hidden_ND[start : start + chunk_tokens]
+            piece = slice(start, start + chunk_tokens)
             log_probs_nV, columns_n, valid_n, loss, slope_nV = _chunk_log_probs(
-                hidden_nD, weight_VD, targets_N[start : start + chunk_tokens], cap, shard)
+                hidden_ND[piece], weight_cVD, targets_N[piece], buffers, cap, shard)
             total += loss
             grad_nV = log_probs_nV.exp_()  # softmax, in place: two passes over [n, V] in all, not four
             rows_n = torch.arange(len(columns_n), device=grad_nV.device)
             grad_nV[rows_n, columns_n.clamp(min=0)] -= (columns_n >= 0).to(grad_nV.dtype)  # - onehot (where held here)
-            grad_nV *= valid_n[:, None]  # ignored targets get no gradient (a multiply: no host sync to test for any)
             if slope_nV is not None:  # through the soft-cap: d(CE)/dz = (softmax - onehot) * (1 - tanh^2)
                 grad_nV *= slope_nV
-            grad_nV = grad_nV.to(hidden_ND.dtype)
-            grad_hidden_ND[start : start + chunk_tokens] = grad_nV @ weight_VD
-            grad_weight_VD += (grad_nV.T @ hidden_nD).float()
+            grad_nV = buffers[0][: len(grad_nV)].copy_(grad_nV)  # in the compute dtype, over the chunk's logits
+            grad_hidden_ND[piece] = grad_nV @ weight_cVD
+            grad_weight_VD += grad_nV.T @ masked_ND[piece]
+        grad_hidden_ND *= valid_N1
         if shard is not None:  # each vocabulary shard's part of the hidden states' gradient, summed
             dist.all_reduce(grad_hidden_ND, group=shard.group)
         ctx.save_for_backward(grad_hidden_ND, grad_weight_VD.to(weight_VD.dtype))
@@ -133,8 +158,9 @@ def cross_entropy_sum(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, targets_
         shard, weight_VD = VocabShard.of(weight_VD), weight_VD.to_local()  # the local rows' gradient stays sharded
     if torch.is_grad_enabled() and (hidden_ND.requires_grad or weight_VD.requires_grad):
         return FusedLinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N, chunk_tokens, final_softcap, shard)
+    hidden_ND, weight_VD, buffers = operands(hidden_ND, weight_VD, chunk_tokens)
     total = torch.zeros((), dtype=torch.float32, device=hidden_ND.device)
     for start in range(0, hidden_ND.shape[0], chunk_tokens):
         piece = slice(start, start + chunk_tokens)
-        total += _chunk_log_probs(hidden_ND[piece], weight_VD, targets_N[piece], final_softcap, shard)[3]
+        total += _chunk_log_probs(hidden_ND[piece], weight_VD, targets_N[piece], buffers, final_softcap, shard)[3]
     return total

@@ -8,16 +8,19 @@ from train.loss import IGNORE, cross_entropy_sum
 
 
 @pytest.mark.parametrize("chunk", [7, 64, 1000])
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_matches_full_cross_entropy(chunk, dtype, tol):
+@pytest.mark.parametrize("dtype,autocast,tol", [(torch.float32, False, 1e-5), (torch.bfloat16, False, 2e-2),
+                                                (torch.float32, True, 2e-2)])  # fp32 weights, bf16 compute
+def test_matches_full_cross_entropy(chunk, dtype, autocast, tol):
     torch.manual_seed(0)
     N, D, V = 50, 16, 97
     hidden = torch.randn(N, D, dtype=dtype, requires_grad=True)
     weight = torch.randn(V, D, dtype=dtype, requires_grad=True)
     targets = torch.randint(0, V, (N,))
     targets[::5] = IGNORE
-    loss = cross_entropy_sum(hidden, weight, targets, chunk)
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        loss = cross_entropy_sum(hidden, weight, targets, chunk)
     (loss * 0.5).backward()  # a non-unit upstream gradient must be applied
+    assert hidden.grad.dtype == weight.grad.dtype == dtype
 
     h_ref = hidden.detach().float().requires_grad_()
     w_ref = weight.detach().float().requires_grad_()

@@ -78,7 +78,7 @@ def block_activation_elements(block: nn.Module, tp: int) -> float:
 
 
 def estimate_memory(model: ModelConfig, parallel: ParallelConfig, world_size: int, context: int, micro_batch: int,
-                    loss_chunk_tokens: int = 4096) -> MemoryEstimate:
+                    loss_chunk_tokens: int = 512) -> MemoryEstimate:
     """The memory of the device that needs the most (with pipeline parallelism, of the busiest pp rank)."""
     dims = ParallelDims.resolve(parallel, world_size)
     dims.check_model(model, context)
@@ -140,9 +140,10 @@ def device_memory(net: Transformer, parallel: ParallelConfig, dims: ParallelDims
         kv = sum(2 * block.mixer.num_kv_heads * block.mixer.head_dim / dims.tp for block in blocks
                  if hasattr(block, "mixer") and hasattr(block.mixer, "num_kv_heads"))
         per_block.append(kv * dims.cp)
-    # the fused loss keeps the hidden states' gradient and its fp32 weight gradient; one chunk of logits lives in between
+    # the fused loss keeps the hidden states' gradient and its fp32 weight gradient, and the hidden states with the
+    # ignored rows zeroed; its workspace holds one chunk's logits (compute dtype) and logits and log-probabilities (fp32)
     vocab = model.vocab_size / dims.tp
-    loss = tokens * model.dim * compute + vocab * model.dim * 4 + min(loss_chunk_tokens, tokens) * vocab * 4 * 2
+    loss = 2 * tokens * model.dim * compute + vocab * model.dim * 4 + min(loss_chunk_tokens, tokens) * vocab * (compute + 8)
     activations = tokens * sum(per_block) * compute + (loss if heads else 0)
     return MemoryEstimate(layout=dims.describe(), tokens=tokens, params=round(held), weight_bytes=round(4 * held),
                           grad_bytes=round(4 * held), optimizer_bytes=round(8 * held), gathered_bytes=round(gathered),
