@@ -78,7 +78,7 @@ class TrainerConfig:
     micro_batch_size: int = 8  # the most sequences a rank runs per forward (the largest divisor of its share <= this)
     seed: int = 0  # weight initialisation
     # cross-entropy chunk (tokens): the full [tokens, vocab] logits never exist at once; 512 trained the benchmark
-    # Llama 2-10% faster than 2048 or 4096 on a 2-core CPU (bench/pretrain_throughput.py, README)
+    # Llama 1-7% faster than 2048 or 4096 on a 2-core CPU (bench/pretrain_throughput.py, README)
     loss_chunk_tokens: int = 512
     val_every: int = 50  # steps between validations; 0: only at the end
     val_samples: int = 32  # held-out windows for the validation loss (the same ones at any number of ranks)
