@@ -27,6 +27,7 @@ from torch.distributed.tensor._utils import compute_local_shape_and_global_offse
 
 from data.chat.template import IGNORE  # the label of a token that contributes no loss (padding, prompts)
 from train.model.attention import softcap
+from train.model.precision import autocast_dtype
 
 # The output projection runs on a multiple of this many positions where only some reach it (SFT's and DPO's
 # targets): their count changes every batch, and CPU kernels cache per shape (docs/notes.md, "Packing DPO batches")
@@ -72,19 +73,13 @@ class VocabShard:
         return picked_n, local_n
 
 
-def compute_dtype(hidden_ND: torch.Tensor, weight_VD: torch.Tensor) -> torch.dtype:
-    """The dtype `hidden @ weight.T` computes in: autocast's where it is on, else the inputs' common dtype."""
-    device = hidden_ND.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.promote_types(
-        hidden_ND.dtype, weight_VD.dtype)
-
-
 def operands(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, chunk_tokens: int) -> tuple:
     """(hidden, weight in the compute dtype, the workspace): the [n, V] buffers every chunk of n tokens writes
     into, logits in the compute dtype (later the logits' gradient), logits and log-probabilities in fp32. One
     workspace per call: fresh [n, V] tensors per chunk would be new memory each time, which a CPU page-faults
-    in (zeroed pages from the kernel) for longer than the arithmetic on them takes."""
-    dtype = compute_dtype(hidden_ND, weight_VD)
+    in (zeroed pages from the kernel) for longer than the arithmetic on them takes. The compute dtype is
+    autocast's where it is on, else the inputs' common one."""
+    dtype = autocast_dtype(hidden_ND) or torch.promote_types(hidden_ND.dtype, weight_VD.dtype)
     rows, vocab = min(chunk_tokens, hidden_ND.shape[0]), weight_VD.shape[0]
     buffers = (hidden_ND.new_empty(rows, vocab, dtype=dtype),
                *(hidden_ND.new_empty(rows, vocab, dtype=torch.float32) for _ in range(2)))
