@@ -9,6 +9,7 @@ settings and warm-up as ours: the two models stay alike, and so do an MoE's rout
 gradient clipping.
 """
 
+import resource
 import statistics
 import time
 
@@ -79,20 +80,28 @@ def peer_step(model: torch.nn.Module, config: TrainConfig, precision: str, devic
     return step
 
 
-def interleaved_times(steps: dict, data: list, warmup: int, device: torch.device) -> dict:
+def minor_faults() -> int:
+    """This process's minor page faults so far: pages the kernel mapped in at their first touch (memory that
+    malloc took fresh from the kernel, e.g. any tensor above glibc's mmap threshold)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def interleaved_times(steps: dict, data: list, warmup: int, device: torch.device, faults: dict | None = None) -> dict:
     """Seconds of every step of each of `steps` (name -> function of a batch), timed batch by batch. The sides
     take turns on every batch, the order reversed from one batch to the next, so a machine shared with other
     work slows them alike (and the i-th times of two sides were taken side by side); the first `warmup`
-    batches are not timed."""
+    batches are not timed. `faults`, where given, gets each side's minor page faults of every timed step."""
     times = {name: [] for name in steps}
     for index, batch in enumerate(data):
         for name in list(steps)[:: 1 - 2 * (index % 2)]:
             synchronize(device)
-            started = time.perf_counter()
+            started, faulted = time.perf_counter(), minor_faults()
             steps[name](batch)
             synchronize(device)
             if index >= warmup:
                 times[name].append(time.perf_counter() - started)
+                if faults is not None:
+                    faults.setdefault(name, []).append(minor_faults() - faulted)
     return times
 
 

@@ -15,7 +15,9 @@ on --device (auto: CUDA when available, as parallel.device=auto picks; fp32 matm
 parallel.tf32 says). MFU uses the inspector's FLOPs per token and the peak of train.metrics: the
 matmul measured on this CPU in the same run, or the GPU's datasheet figure. The peer, ours and ours with
 parallel.compile take turns on every batch (harness.interleaved_times), so a busy machine slows them
-alike; rates are medians. Prints tables; asserts nothing.
+alike; rates are medians. Beside each side's rate, its minor page faults per step (median): memory malloc took
+fresh from the kernel, which a CPU pays for page by page (a GPU's caching allocator reuses its blocks).
+Prints tables; asserts nothing.
 """
 
 import argparse
@@ -68,18 +70,21 @@ def huggingface(device: torch.device):
         num_key_value_heads=2, max_position_embeddings=SEQ, tie_word_embeddings=False, attn_implementation="sdpa")).to(device)
 
 
-def throughput(data: str, precision: str, run_root: Path, data_batches: list, device: torch.device) -> dict:
-    """Tokens/s of the peer, ours and ours compiled: medians of their interleaved steps (2 warm-up steps)."""
+def throughput(data: str, precision: str, run_root: Path, data_batches: list, device: torch.device) -> tuple:
+    """({side: tokens/s}, {side: minor page faults per step}) of the peer, ours and ours compiled: medians of their
+    interleaved steps (2 warm-up steps)."""
     trainers = {name: Trainer(our_config(data, precision, run_root / f"{name}-{precision}", device, compile=compile))
                 for name, compile in (("ours", False), ("compiled", True))}
     try:
         steps = {"peer": peer_step(huggingface(device), trainers["ours"].config, precision, device)}
         steps.update({name: (lambda batch, t=trainer: t.train_step([batch], report=False)) for name, trainer in trainers.items()})
-        times = interleaved_times(steps, data_batches, 2, device)
+        faults = {}
+        times = interleaved_times(steps, data_batches, 2, device, faults)
     finally:
         for trainer in trainers.values():
             trainer.close()
-    return {name: BATCH * SEQ / statistics.median(seconds) for name, seconds in times.items()}
+    return ({name: BATCH * SEQ / statistics.median(seconds) for name, seconds in times.items()},
+            {name: statistics.median(counts) for name, counts in faults.items()})
 
 
 def checkpoint_blocking(data: str, run_root: Path, data_batches, device: torch.device) -> dict:
@@ -124,14 +129,14 @@ def main() -> None:
     print(f"Llama 384x6, 6 heads / 2 KV heads, FFN 1024, vocab 8192; batch {BATCH}x{SEQ}; AdamW (fused); "
           f"{where(device)}; median of {args.steps} steps, the three sides interleaved")
     print(f"training FLOPs per token (inspector): {flops / 1e6:.1f} M\n")
-    print("| precision | peak TFLOP/s | HF LlamaForCausalLM tok/s | MFU | llm-blocks tok/s | MFU | speed-up "
-          "| + parallel.compile tok/s | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for precision, rate in rates.items():
+    print("| precision | peak TFLOP/s | HF LlamaForCausalLM tok/s | MFU | page faults/step | llm-blocks tok/s | MFU "
+          "| page faults/step | speed-up | + parallel.compile tok/s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for precision, (rate, faults) in rates.items():
         peer, mine, compiled = rate["peer"], rate["ours"], rate["compiled"]
         mfu = lambda rate: 100 * rate * flops / (peaks[precision] * 1e12)  # noqa: E731
-        print(f"| {precision} | {peaks[precision]:.3f} | {peer:,.0f} | {mfu(peer):.1f}% | {mine:,.0f} | {mfu(mine):.1f}% | "
-              f"{mine / peer:.2f}x | {compiled:,.0f} | {compiled / peer:.2f}x |")
+        print(f"| {precision} | {peaks[precision]:.3f} | {peer:,.0f} | {mfu(peer):.1f}% | {faults['peer']:,.0f} | {mine:,.0f} | "
+              f"{mfu(mine):.1f}% | {faults['ours']:,.0f} | {mine / peer:.2f}x | {compiled:,.0f} | {compiled / peer:.2f}x |")
     print("\n| checkpoint mode | blocks training (s) | vs sync |")
     print("|---|---:|---:|")
     for mode, seconds in blocking.items():
